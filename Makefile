@@ -1,0 +1,29 @@
+# Two commands for a fresh machine:
+#   make book   build the book (creates .venv, installs everything, executes every notebook)
+#   make test   run the unit tests and every notebook under nbval
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: book test venv clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-data.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements-data.txt
+	touch $(STAMP)
+
+book: $(STAMP)
+	rm -rf _build/.jupyter_cache
+	$(BIN)/jupyter-book build . --path-output . --builder html -W --keep-going
+	@echo "Book written to _build/html/index.html"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf _build
