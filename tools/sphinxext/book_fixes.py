@@ -1,0 +1,33 @@
+"""Small Sphinx fixes for the kexue book.
+
+``sphinx_thebe`` registers its inline ``const THEBE_JS_URL = ...`` script each
+time Sphinx reads documents, so a build that re-reads (as Jupyter Book 1's
+does) puts the declaration on every page twice, and the browser raises
+"Identifier 'THEBE_JS_URL' has already been declared". This extension drops
+repeated script entries before a page is written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _dedupe_scripts(app: Any, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for script in scripts:
+        attributes = getattr(script, "attributes", {}) or {}
+        key = (str(getattr(script, "filename", "") or ""), str(sorted(attributes.items())))
+        if key in seen:
+            continue
+        seen.add(key)
+        unique.append(script)
+    context["script_files"] = unique
+
+
+def setup(app: Any) -> dict[str, Any]:
+    app.connect("html-page-context", _dedupe_scripts, priority=900)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
