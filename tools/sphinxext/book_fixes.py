@@ -1,5 +1,7 @@
 """Small Sphinx fixes for the kexue book.
 
+Notebook pages get a "download .ipynb" entry (see ``_offer_notebook_download``).
+
 ``sphinx_thebe`` registers its inline ``const THEBE_JS_URL = ...`` script each
 time Sphinx reads documents, so a build that re-reads (as Jupyter Book 1's
 does) puts the declaration on every page twice, and the browser raises
@@ -9,7 +11,25 @@ repeated script entries before a page is written.
 
 from __future__ import annotations
 
+from pathlib import Path
+from shutil import copy2
 from typing import Any
+
+
+def _offer_notebook_download(app: Any, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+    """Give every executed MyST notebook page a ".ipynb" entry in the download menu.
+
+    sphinx-book-theme only does this when a launch service (Binder, Colab, ...)
+    is configured, and none can be reached from an offline book. The executed
+    notebook, outputs included, is copied next to the page's source.
+    """
+    executed = Path(app.outdir).parent / "jupyter_execute" / f"{pagename}.ipynb"
+    if not executed.exists():
+        return
+    target = Path(app.outdir) / "_sources" / f"{pagename}.ipynb"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    copy2(executed, target)
+    context["ipynb_source"] = f"{pagename}.ipynb"
 
 
 def _dedupe_scripts(app: Any, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
@@ -29,5 +49,6 @@ def _dedupe_scripts(app: Any, pagename: str, templatename: str, context: dict, d
 
 
 def setup(app: Any) -> dict[str, Any]:
+    app.connect("html-page-context", _offer_notebook_download, priority=100)
     app.connect("html-page-context", _dedupe_scripts, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
