@@ -1,7 +1,7 @@
 """A failing ``assert`` in a notebook must fail both the test command and the book build.
 
-The test copies the repository's real ``_config.yml``, ``conftest.py`` and
-``pyproject.toml`` next to a one-page scratch book, then runs the same
+The test copies the repository's real ``_config.yml``, ``conftest.py``,
+``pyproject.toml`` and local Sphinx extension next to a one-page scratch book, then runs the same
 ``pytest`` and ``jupyter-book build`` invocations as the Makefile, once with a
 passing notebook (control) and once with a failing one.
 """
@@ -42,6 +42,9 @@ assert x == {expected}, "planted check"
 def make_book(tmp_path: Path, expected: int) -> Path:
     for name in ("_config.yml", "conftest.py", "pyproject.toml"):
         shutil.copy(ROOT / name, tmp_path / name)
+    # _config.yml loads a local Sphinx extension from tools/sphinxext.
+    shutil.copytree(ROOT / "tools" / "sphinxext", tmp_path / "tools" / "sphinxext",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "book").mkdir()
     shutil.copy(ROOT / "book" / "references.bib", tmp_path / "book" / "references.bib")
     (tmp_path / "book" / "page.md").write_text(NOTEBOOK.format(expected=expected))
