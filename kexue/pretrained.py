@@ -1,0 +1,90 @@
+"""The small Chinese character BERT that ships with kexue (issue 3).
+
+``load_zh_char_bert()`` returns ``(model, tokenizer)``: a
+:class:`kexue.nn.MaskedLM` in eval mode and its
+:class:`kexue.tokenizer.CharTokenizer`. Weights load through safetensors only
+(never pickle). The files live in ``kexue/pretrained/zh_char_bert/`` and are
+written by ``python -m kexue.pretrain``; the training record beside them says
+how. A pretraining checkpoint directory (``.../checkpoint``, which has no
+``config.json`` but a ``state.json``) loads too, which is handy while a run is
+still going.
+
+See: the model card page of the book.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from kexue.nn import MaskedLM, TransformerConfig
+from kexue.tokenizer import CharTokenizer
+
+__all__ = ["ZH_CHAR_BERT", "load_zh_char_bert", "training_record"]
+
+ZH_CHAR_BERT = Path(__file__).resolve().parent / "pretrained" / "zh_char_bert"
+
+
+def _config(path: Path, vocab_size: int) -> TransformerConfig:
+    if (path / "config.json").is_file():
+        return TransformerConfig(**json.loads((path / "config.json").read_text(encoding="utf-8")))
+    if (path / "state.json").is_file():  # a checkpoint of a run in progress
+        from kexue.pretrain import PretrainConfig
+
+        saved = json.loads((path / "state.json").read_text(encoding="utf-8"))["config"]
+        return PretrainConfig(**saved).model_config(vocab_size)
+    raise FileNotFoundError(f"no config.json (or checkpoint state.json) in {path}")
+
+
+def load_zh_char_bert(
+    path: str | Path | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    **overrides: Any,
+) -> tuple[MaskedLM, CharTokenizer]:
+    """Load the shipped character BERT as ``(MaskedLM in eval mode, CharTokenizer)``.
+
+    ``path`` defaults to the shipped checkpoint. ``overrides`` replace fields of
+    the saved :class:`~kexue.nn.TransformerConfig` that do not change the
+    weights' shapes, e.g. ``dropout=0.3`` for SimCSE (chapter 01).
+    """
+    path = ZH_CHAR_BERT if path is None else Path(path)
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"no model.safetensors in {path}; the shipped checkpoint is part of the repository "
+            "(kexue/pretrained/zh_char_bert), or retrain it with `python -m kexue.pretrain --bf16 --steps 7000`"
+        )
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    tokenizer = CharTokenizer.load(path)
+    config = _config(path, tokenizer.vocab_size)
+    bad = sorted(set(overrides) - {"dropout", "attention_dropout", "attention_scale"})
+    if bad:
+        raise ValueError(f"overrides may only set dropout, attention_dropout or attention_scale, got {bad}")
+    config = TransformerConfig(**{**config.to_dict(), **overrides})
+    if config.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"vocab.txt has {tokenizer.vocab_size} tokens but the config says {config.vocab_size}")
+    model = MaskedLM(config)
+    state = load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # the tied decoder shares the token embedding, so save_model may omit nothing else
+    if unexpected or [k for k in missing if k != "encoder.token_embedding.weight"]:
+        raise ValueError(f"checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
+    model.to(device=device if device is not None else "cpu", dtype=dtype)
+    model.eval()
+    return model, tokenizer
+
+
+def training_record(path: str | Path | None = None) -> dict[str, Any]:
+    """The JSON training record written beside the shipped weights."""
+    path = ZH_CHAR_BERT if path is None else Path(path)
+    file = path / "training_record.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"no training_record.json in {path}")
+    return json.loads(file.read_text(encoding="utf-8"))
