@@ -1,0 +1,243 @@
+"""Sentence embeddings from ``kexue.nn`` encoders: pooling, BERT-whitening,
+unsupervised SimCSE and STS evaluation.
+
+Article: Su Jianlin, "中文任务还是SOTA吗？我们给SimCSE补充了一些实验" (2021),
+https://kexue.fm/archives/8348 ; BERT-whitening: arXiv:2103.15316.
+
+Pooling conventions follow the author's code (``bojone/SimCSE``):
+
+* ``cls``: the last layer's vector at position 0 (``[CLS]``);
+* ``last-avg``: the mean of the last layer over the real (unpadded) tokens;
+* ``first-last-avg``: the mean of the *first Transformer block's* output
+  (not the embedding layer) and the last block's output, each averaged over
+  the real tokens;
+* ``pooler``: ``tanh(W h_cls + b)`` with a :class:`Pooler` (BERT's pooler);
+  our pretraining has no next-sentence task, so its weights come from SimCSE
+  training or stay at their initialisation.
+
+See: book chapter 01 and the model card.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+from torch import nn
+
+from kexue.nn import MaskedLM, TransformerEncoder
+from kexue.tokenizer import CharTokenizer
+
+__all__ = [
+    "POOLINGS",
+    "Pooler",
+    "pool",
+    "encode",
+    "fit_whitening",
+    "apply_whitening",
+    "cosine_scores",
+    "spearman",
+    "sts_spearman",
+]
+
+Pooling = Literal["cls", "last-avg", "first-last-avg", "pooler"]
+POOLINGS: tuple[str, ...] = ("cls", "last-avg", "first-last-avg")
+
+
+class Pooler(nn.Module):
+    """BERT's pooler, ``tanh(h_cls W + b)``: the ``pooler`` pooling of chapter 01."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+
+    def forward(self, cls: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(cls))
+
+
+def _masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(h.dtype)[..., None]
+    return (h * m).sum(-2) / m.sum(-2).clamp_min(1.0)
+
+
+def pool(
+    hidden_states: Sequence[torch.Tensor],
+    mask: torch.Tensor,
+    pooling: str = "first-last-avg",
+    pooler: Pooler | None = None,
+) -> torch.Tensor:
+    """Pool per-layer hidden states into one vector per sentence (chapter 01, section "pooling").
+
+    Args:
+        hidden_states: the embedding output then every block's output, as returned by
+            ``TransformerEncoder(..., return_all=True)[1]`` (``depth + 1`` tensors of
+            shape ``(batch, seq, dim)``).
+        mask: ``(batch, seq)`` boolean, ``True`` on real tokens.
+        pooling: one of ``cls``, ``last-avg``, ``first-last-avg``, ``pooler``.
+        pooler: required for ``pooling="pooler"``.
+
+    Returns:
+        ``(batch, dim)`` in the hidden states' dtype.
+    """
+    if pooling not in (*POOLINGS, "pooler"):
+        raise ValueError(f"pooling must be one of {(*POOLINGS, 'pooler')}, got {pooling!r}")
+    if len(hidden_states) < 2:
+        raise ValueError("hidden_states must hold the embedding output and at least one block's output")
+    last = hidden_states[-1]
+    if mask.shape != last.shape[:2]:
+        raise ValueError(f"mask must have shape {tuple(last.shape[:2])}, got {tuple(mask.shape)}")
+    mask = mask.bool()
+    if pooling == "cls":
+        return last[:, 0]
+    if pooling == "last-avg":
+        return _masked_mean(last, mask)
+    if pooling == "first-last-avg":
+        return 0.5 * (_masked_mean(hidden_states[1], mask) + _masked_mean(last, mask))
+    if pooler is None:
+        raise ValueError("pooling='pooler' needs a Pooler module (argument pooler)")
+    return pooler(last[:, 0])
+
+
+def _encoder(model: MaskedLM | TransformerEncoder) -> TransformerEncoder:
+    if isinstance(model, MaskedLM):
+        return model.encoder
+    if isinstance(model, TransformerEncoder):
+        return model
+    raise TypeError(f"model must be a kexue.nn MaskedLM or TransformerEncoder, got {type(model).__name__}")
+
+
+@torch.no_grad()
+def encode(
+    model: MaskedLM | TransformerEncoder,
+    tokenizer: CharTokenizer,
+    texts: Sequence[str],
+    pooling: str | Sequence[str] = "first-last-avg",
+    *,
+    max_len: int = 64,
+    batch_size: int = 128,
+    pooler: Pooler | None = None,
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Sentence embeddings in eval mode (dropout off), float32 on the CPU.
+
+    With a sequence of poolings, returns ``{pooling: (n, dim)}`` from one pass.
+    Sentences are processed longest first, so batches carry little padding.
+    """
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise TypeError("texts must be a sequence of strings")
+    if len(texts) == 0:
+        raise ValueError("texts must not be empty")
+    names = [pooling] if isinstance(pooling, str) else list(pooling)
+    enc = _encoder(model)
+    was = enc.training
+    enc.eval()
+    device = next(enc.parameters()).device
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    out = {name: [] for name in names}
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        ids, mask = tokenizer([texts[i] for i in idx], max_len)
+        ids, mask = ids.to(device), mask.to(device)
+        _, hs = enc(ids, mask, return_all=True)
+        for name in names:
+            out[name].append(pool(hs, mask, name, pooler).float().cpu())
+    enc.train(was)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    result = {name: torch.cat(parts)[inverse] for name, parts in out.items()}
+    return result[names[0]] if isinstance(pooling, str) else result
+
+
+def fit_whitening(embeddings: torch.Tensor, n_components: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT-whitening: ``(mean, W)`` with ``W = U diag(1/sqrt(s))`` from the SVD of the covariance.
+
+    ``(x - mean) @ W`` has identity covariance (chapter 01, Eq. ``ch01-whiten``).
+    ``n_components`` keeps that many leading directions. ``None`` keeps every
+    direction whose variance exceeds ``1e-9`` of the largest: embeddings taken
+    after a post-LN LayerNorm lie in a ``dim - 1`` dimensional affine subspace
+    (each normalised vector has zero mean), so one direction has zero variance
+    and dividing by its root, as the reference code does, amplifies rounding
+    noise. Computed in float64, returned in the input's dtype. Asking for a
+    zero-variance direction explicitly raises ``ValueError``.
+    """
+    if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2:
+        raise ValueError("embeddings must be a 2D tensor (n, dim)")
+    n, dim = embeddings.shape
+    if n < 2:
+        raise ValueError(f"embeddings needs at least 2 rows to estimate a covariance, got {n}")
+    if n_components is not None and (
+        isinstance(n_components, bool) or not isinstance(n_components, int) or not 1 <= n_components <= dim
+    ):
+        raise ValueError(f"n_components must be an int in [1, {dim}] or None, got {n_components!r}")
+    x = embeddings.double()
+    mean = x.mean(0, keepdim=True)
+    cov = (x - mean).T @ (x - mean) / (n - 1)
+    u, s, _ = torch.linalg.svd(cov)
+    if not bool(s[0] > 0):
+        raise ValueError("embeddings are all identical: nothing to whiten")
+    rank = int((s > s[0] * 1e-9).sum())
+    if n_components is None:
+        k = rank
+    elif n_components > rank:
+        raise ValueError(
+            f"n_components={n_components} asks for directions with (numerically) zero variance; "
+            f"the embeddings span {rank} directions"
+        )
+    else:
+        k = n_components
+    w = u[:, :k] / s[:k].sqrt()
+    return mean.to(embeddings.dtype), w.to(embeddings.dtype)
+
+
+def apply_whitening(embeddings: torch.Tensor, mean: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``(x - mean) @ W``."""
+    return (embeddings - mean) @ w
+
+
+def cosine_scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise cosine similarity of two ``(n, dim)`` tensors."""
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return F.cosine_similarity(a.double(), b.double(), dim=-1)
+
+
+def spearman(scores: torch.Tensor | Sequence[float], gold: torch.Tensor | Sequence[float]) -> float:
+    """Spearman's rho (``scipy.stats.spearmanr``), the article's metric (x100 in its tables)."""
+    s = torch.as_tensor(scores, dtype=torch.float64).cpu().numpy()
+    g = torch.as_tensor(gold, dtype=torch.float64).cpu().numpy()
+    if s.shape != g.shape or s.ndim != 1 or len(s) < 3:
+        raise ValueError("scores and gold must be 1D of the same length (at least 3)")
+    return float(spearmanr(s, g).statistic)
+
+
+def sts_spearman(
+    model: MaskedLM | TransformerEncoder,
+    tokenizer: CharTokenizer,
+    pairs: Sequence[tuple[str, str, float]],
+    poolings: Sequence[str] = POOLINGS,
+    *,
+    whitening_texts: Sequence[str] | None = None,
+    max_len: int = 64,
+) -> dict[str, dict[str, float]]:
+    """Spearman of cosine scores on STS pairs for each pooling: ``{"raw": {...}, "whitening": {...}}``.
+
+    Whitening statistics come from ``whitening_texts`` (default: both sides of
+    ``pairs``, as the author's whitening script pools its splits).
+    """
+    a = encode(model, tokenizer, [p[0] for p in pairs], list(poolings), max_len=max_len)
+    b = encode(model, tokenizer, [p[1] for p in pairs], list(poolings), max_len=max_len)
+    gold = [p[2] for p in pairs]
+    out: dict[str, dict[str, float]] = {"raw": {}, "whitening": {}}
+    fit = None
+    if whitening_texts is not None:
+        fit = encode(model, tokenizer, list(whitening_texts), list(poolings), max_len=max_len)
+    for name in poolings:
+        out["raw"][name] = spearman(cosine_scores(a[name], b[name]), gold)
+        stats = fit[name] if fit is not None else torch.cat([a[name], b[name]])
+        mean, w = fit_whitening(stats.double())
+        out["whitening"][name] = spearman(
+            cosine_scores(apply_whitening(a[name].double(), mean, w), apply_whitening(b[name].double(), mean, w)), gold
+        )
+    return out

@@ -1,0 +1,250 @@
+"""Function-preserving growth (chapter 06): ``kexue.growth``."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import pytest
+import torch
+
+from kexue.growth import (
+    Expansion,
+    configs,
+    contract_hidden,
+    deepen,
+    expand_hidden,
+    flops_per_token,
+    growth_gains,
+    perturb,
+    symmetry_gap,
+    widen,
+)
+from kexue.nn import MaskedLM, TransformerConfig, TransformerEncoder
+
+
+def _cfg(**kw) -> TransformerConfig:
+    base = dict(vocab_size=40, dim=16, depth=2, heads=2, ffn_dim=32, max_len=12, dropout=0.0,
+                attention_dropout=0.0, layer_norm_eps=1e-5)
+    base.update(kw)
+    return TransformerConfig(**base)
+
+
+def _batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 40, (3, 10), generator=g)
+    mask = torch.ones(3, 10, dtype=torch.bool)
+    mask[1, 6:] = False
+    mask[2, 3:] = False
+    return ids, mask
+
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+@pytest.mark.parametrize(
+    "norm,position,heads,convention,activation",
+    [c for c in itertools.product(["pre", "post"], ["learned", "rotary", "none"], ["size", "count"],
+                                   ["isometric", "copy"], ["gelu", "relu"])
+     if not (c[4] == "relu" and c[1] == "none")],
+)
+def test_widen_float64(norm, position, heads, convention, activation):
+    _check_widen(norm, position, heads, convention, activation, torch.float64)
+
+
+@pytest.mark.parametrize("norm,position,heads,convention", [("pre", "rotary", "size", "isometric"),
+                                                            ("post", "learned", "size", "isometric"),
+                                                            ("post", "rotary", "count", "copy")])
+def test_widen_float32(norm, position, heads, convention):
+    _check_widen(norm, position, heads, convention, "gelu", torch.float32)
+
+
+def _check_widen(norm, position, heads, convention, activation, dtype):
+    torch.manual_seed(0)
+    small = MaskedLM(_cfg(norm=norm, position=position, activation=activation)).to(dtype).eval()
+    big = widen(small, 2, heads=heads, convention=convention)
+    assert big.config.dim == 32 and big.config.ffn_dim == 64
+    assert big.config.heads == (4 if heads == "count" else 2)
+    ids, mask = _batch()
+    with torch.no_grad():
+        diff = (big(ids, mask) - small(ids, mask))[mask].abs().max().item()
+        hs = small.encoder(ids, mask, return_all=True)[1]
+        hb = big.encoder(ids, mask, return_all=True)[1]
+    assert diff <= TOL[dtype]
+    for a, b in zip(hs, hb):
+        assert (expand_hidden(a, 2, convention) - b)[mask].abs().max().item() <= TOL[dtype]
+    assert next(big.parameters()).dtype == dtype
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_widen_encoder_any_factor_and_attention_fix(factor):
+    torch.manual_seed(1)
+    small = TransformerEncoder(_cfg(heads=2)).double().eval()
+    ids, mask = _batch(1)
+    for fix in ("weights", "config"):
+        big = widen(small, factor, attention_fix=fix)
+        with torch.no_grad():
+            torch.testing.assert_close(big(ids, mask)[mask], expand_hidden(small(ids, mask), factor)[mask],
+                                       atol=1e-10, rtol=0)
+    assert widen(small, factor, attention_fix="config").config.attention_scale == pytest.approx(8 ** -0.5)
+
+
+def test_isometric_convention_divides_layernorm_eps():
+    small = MaskedLM(_cfg(norm="post", layer_norm_eps=1e-5))
+    assert widen(small, 2).config.layer_norm_eps == pytest.approx(0.5e-5)
+    assert widen(small, 2, convention="copy").config.layer_norm_eps == pytest.approx(1e-5)
+
+
+def test_noise_keeps_function_but_breaks_symmetry():
+    torch.manual_seed(2)
+    small = MaskedLM(_cfg()).double().eval()
+    big = widen(small, 2, noise=0.3, generator=torch.Generator().manual_seed(0))
+    ids, mask = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(big(ids, mask)[mask], small(ids, mask)[mask], atol=1e-10, rtol=0)
+    assert symmetry_gap(widen(small, 2)) < 1e-12
+    assert symmetry_gap(big) > 1e-3
+
+
+def test_noiseless_training_stays_in_the_small_models_image():
+    """The digest's surprise: without noise or dropout the grown model never leaves T(theta)."""
+    torch.manual_seed(3)
+    small = MaskedLM(_cfg(activation="relu", position="learned")).double()
+    big = widen(small, 2)
+    ids, mask = _batch()
+    opt = torch.optim.SGD(big.parameters(), lr=0.1)
+    for _ in range(5):
+        loss = torch.nn.functional.cross_entropy(big(ids, mask)[mask], ids[mask])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert symmetry_gap(big) < 1e-10
+
+
+def test_sgd_on_grown_model_equals_small_model_with_rescaled_lr():
+    """Eq. ch06-sgd: per-tensor learning rate eta / gain reproduces the grown trajectory."""
+    torch.manual_seed(4)
+    small = MaskedLM(_cfg(activation="relu", position="learned")).double()
+    big = widen(small, 2)
+    gains = growth_gains(small, 2)
+    ids, mask = _batch()
+    lr = 0.05
+    groups = [{"params": [p], "lr": lr / gains[n]} for n, p in small.named_parameters()]
+    opt_s = torch.optim.SGD(groups)
+    opt_b = torch.optim.SGD(big.parameters(), lr=lr)
+    for _ in range(4):
+        for model, opt in ((small, opt_s), (big, opt_b)):
+            loss = torch.nn.functional.cross_entropy(model(ids, mask)[mask], ids[mask])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        torch.testing.assert_close(big(ids, mask)[mask], small(ids, mask)[mask], atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_deepen_inserts_identity_blocks(norm):
+    torch.manual_seed(5)
+    eps = 0.0 if norm == "post" else 1e-5
+    small = MaskedLM(_cfg(norm=norm, layer_norm_eps=eps)).double().eval()
+    deep = deepen(small, 2, generator=torch.Generator().manual_seed(0))
+    assert deep.config.depth == 4
+    ids, mask = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(deep(ids, mask)[mask], small(ids, mask)[mask], atol=1e-10, rtol=0)
+    shallow = deepen(small, positions=[0, 2])
+    assert shallow.config.depth == 4
+
+
+def test_deepen_post_ln_with_eps_is_approximate():
+    torch.manual_seed(6)
+    small = MaskedLM(_cfg(norm="post", layer_norm_eps=1e-2)).double().eval()
+    deep = deepen(small, 2)
+    ids, mask = _batch()
+    with torch.no_grad():
+        err = (deep(ids, mask) - small(ids, mask))[mask].abs().max().item()
+    assert 1e-10 < err < 1.0, "post-LN identity blocks are exact only for eps = 0"
+
+
+def test_expansion_maps_are_inverse():
+    h = torch.randn(4, 6, dtype=torch.float64)
+    for conv in ("isometric", "copy"):
+        torch.testing.assert_close(contract_hidden(expand_hidden(h, 3, conv), 3, conv), h)
+    e = expand_hidden(h, 2)
+    torch.testing.assert_close(e.norm(dim=-1), h.norm(dim=-1))  # the article's isometry
+    assert torch.equal(e[:, 0], e[:, 1])
+
+
+@pytest.mark.parametrize("bad", [1, 0, 2.0, "2", True])
+def test_bad_factor(bad):
+    with pytest.raises(ValueError, match="factor"):
+        widen(MaskedLM(_cfg()), bad)
+
+
+def test_bad_options_and_models():
+    m = MaskedLM(_cfg())
+    with pytest.raises(ValueError, match="heads"):
+        widen(m, 2, heads="both")
+    with pytest.raises(ValueError, match="convention"):
+        widen(m, 2, convention="other")
+    with pytest.raises(ValueError):
+        widen(torch.nn.Linear(3, 3), 2)
+    with pytest.raises(ValueError, match="noise"):
+        widen(m, 2, noise=-1.0)
+    with pytest.raises(ValueError, match="positions"):
+        deepen(m, positions=[5])
+    with pytest.raises(ValueError):
+        widen(MaskedLM(_cfg(mixer="fnet")), 2)
+
+
+def test_perturb_changes_weights_and_flops_formula():
+    m = MaskedLM(_cfg())
+    before = [p.detach().clone() for p in m.parameters()]
+    perturb(m, 0.1, torch.Generator().manual_seed(0))
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    c = _cfg()
+    f1, f2 = flops_per_token(c, 8), flops_per_token(replace(c, dim=32, ffn_dim=64), 8)
+    assert 2 < f2 / f1 < 4.5  # the blocks' FLOPs grow about 4x, the head's 2x
+
+
+def test_full_config_takes_one_step():
+    cfg = configs()["full"]
+    assert cfg.small_dim >= configs()["smoke"].small_dim
+    small = MaskedLM(TransformerConfig(vocab_size=60, dim=cfg.small_dim, depth=cfg.depth, heads=cfg.heads,
+                                       ffn_dim=4 * cfg.small_dim, max_len=cfg.max_len, dropout=0.0,
+                                       attention_dropout=0.0, norm=cfg.norm, position=cfg.position))
+    big = widen(small, cfg.factor)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 60, (8, 16), generator=g)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    # one optimisation step of the grown full-size model on a tiny slice
+    opt = torch.optim.AdamW(big.parameters(), lr=cfg.lr)
+    loss0 = torch.nn.functional.cross_entropy(big(ids, mask).flatten(0, 1), ids.flatten())
+    loss0.backward()
+    opt.step()
+    loss1 = torch.nn.functional.cross_entropy(big(ids, mask).flatten(0, 1), ids.flatten())
+    assert torch.isfinite(loss1) and loss1 < loss0
+
+
+def test_widen_hf_bert_minilm_keeps_sentence_embeddings():
+    transformers = pytest.importorskip("transformers")
+    from kexue.growth import widen_hf_bert
+
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=16, hidden_dropout_prob=0.0,
+                                  attention_probs_dropout_prob=0.0, layer_norm_eps=1e-5)
+    torch.manual_seed(7)
+    small = transformers.BertModel(cfg).double().eval()
+    big = widen_hf_bert(small, 2).eval()
+    ids, mask = _batch()
+    with torch.no_grad():
+        a = small(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        b = big(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+    torch.testing.assert_close(b[mask], expand_hidden(a, 2)[mask], atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="BertModel"):
+        widen_hf_bert(torch.nn.Linear(2, 2), 2)
+
+
+def test_expansion_validates():
+    with pytest.raises(ValueError):
+        Expansion(())
