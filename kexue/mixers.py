@@ -1,0 +1,1197 @@
+"""Token mixers of May 2021, all read as attention ``O = A V`` with some matrix ``A``.
+
+Source: 苏剑林 (Su Jianlin), 《也来盘点一些最近的非Transformer工作》, Scientific Spaces,
+2021-05-24, https://kexue.fm/archives/8431. Papers: Synthesizer (arXiv 2005.00743),
+MLP-Mixer (2105.01601), External Attention (2105.02358), ResMLP (2105.03404),
+FNet (2105.03824), gMLP (2105.08050); supplement, not in the post: AFT (2105.14103).
+
+Every mixer shares one interface so that :class:`kexue.nn.TransformerEncoder` can
+swap it in (``TransformerConfig(mixer=name, mixer_options={...})``):
+
+* built as ``Mixer(dim, seq_len, **options)``;
+* ``forward(x, mask=None)`` maps ``(batch, seq, dim)`` to ``(batch, seq, dim)``;
+  ``mask`` is ``(batch, seq)``, True (or 1) at real tokens, False at padding;
+* ``forward_reference(x, mask=None)``: the naive, formula-level computation the
+  fast ``forward`` is tested against (values and gradients);
+* where the mixer applies a matrix over tokens, ``token_matrix(x, mask=None)``
+  returns it as ``(batch, seq, seq)`` (``(batch, heads, seq, seq)`` when there are
+  several heads or, for AFT, one matrix per channel; complex for FNet), and
+  ``readout(x, token_matrix(x) @ values(x))`` reproduces ``forward(x)``.
+
+Length convention: a mixer whose weights are tied to positions (``fixed_length``)
+accepts ``seq <= seq_len`` and uses the leading ``seq x seq`` block of its
+weights, which is exactly what it computes on the input right-padded to
+``seq_len`` with the padding masked out. Longer inputs raise ``ValueError``.
+
+See: book chapter 05 (``book/05_token_mixers.md``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "TokenMixer",
+    "SelfAttention",
+    "SynthesizerRandom",
+    "SynthesizerDense",
+    "MixerTokenMLP",
+    "ResMLPTokenMixing",
+    "SpatialGatingUnit",
+    "FNetMixing",
+    "ExternalAttention",
+    "AFTSimple",
+    "MIXERS",
+    "dft_matrix",
+    "complex_dtype_for",
+    "ExperimentConfig",
+    "configs",
+    "experiment_config",
+    "encoder_config",
+    "digits_patches",
+    "digits_data",
+    "PatchClassifier",
+    "msra_data",
+    "CharTagger",
+    "run_digits",
+    "run_msra",
+    "msra_predict",
+    "msra_scores",
+    "probe",
+    "prediction_agreement",
+    "padding_shift",
+    "plot_scaling",
+]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def complex_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """complex128 for float64 input, complex64 otherwise (half precision is upcast)."""
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
+def dft_matrix(m: int, *, dtype: torch.dtype = torch.complex128, device: torch.device | str | None = None) -> torch.Tensor:
+    """The DFT matrix ``(F_m)_{jk} = exp(-2 pi i j k / m)``, shape ``(m, m)``.
+
+    ``j k`` is reduced modulo ``m`` before the division so the angle stays exact
+    for large ``m``. See: book chapter 05, equation ``ch05-fnet``.
+    """
+    _check_positive_int("m", m)
+    if not dtype.is_complex:
+        raise TypeError(f"dtype must be a complex dtype, got {dtype}")
+    real = torch.float64 if dtype == torch.complex128 else torch.float32
+    idx = torch.arange(m, device=device)
+    angle = (-2.0 * math.pi / m) * torch.remainder(idx[:, None] * idx[None, :], m).to(real)
+    return torch.polar(torch.ones_like(angle), angle).to(dtype)
+
+
+def _mask_fill_value(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).min
+
+
+def _allowed(mask: torch.Tensor | None, n: int, causal: bool, device: torch.device) -> torch.Tensor | None:
+    """Boolean ``(batch or 1, 1, n, n)``: may query ``i`` look at key ``j``?"""
+    allowed = None
+    if mask is not None:
+        allowed = mask[:, None, None, :]  # (b, 1, 1, n): padding keys are excluded
+    if causal:
+        tril = torch.ones(n, n, dtype=torch.bool, device=device).tril()[None, None]
+        allowed = tril if allowed is None else allowed & tril
+    return allowed
+
+
+def _masked_softmax(logits: torch.Tensor, allowed: torch.Tensor | None, dim: int = -1) -> torch.Tensor:
+    """Softmax with disallowed entries filled by the dtype's most negative finite value.
+
+    A finite fill (not ``-inf``) keeps a fully masked row uniform instead of NaN.
+    """
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, _mask_fill_value(logits.dtype))
+    return torch.softmax(logits, dim=dim)
+
+
+def _zero_padding(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return x if mask is None else x * mask[..., None].to(x.dtype)
+
+
+def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    return t.unflatten(-1, (heads, -1)).transpose(1, 2)  # (b, n, h*dh) -> (b, h, n, dh)
+
+
+def _merge_heads(t: torch.Tensor) -> torch.Tensor:
+    return t.transpose(1, 2).flatten(-2)  # (b, h, n, dh) -> (b, n, h*dh)
+
+
+def _squeeze_heads(t: torch.Tensor) -> torch.Tensor:
+    return t[:, 0] if t.dim() == 4 and t.shape[1] == 1 else t
+
+
+# --------------------------------------------------------------------------- base class
+
+
+class TokenMixer(nn.Module):
+    """Base class: ``(batch, seq, dim) -> (batch, seq, dim)`` mixing along ``seq``.
+
+    Class attributes describe what the mixer gives up (the notebook checks each
+    one with a probe): ``fixed_length`` (weights tied to positions, so
+    ``seq <= seq_len``), ``supports_causal``, ``padding`` (``"exact"``: outputs at
+    real tokens ignore everything about the padding; ``"content"``: they ignore the
+    padded tokens' content but not how many there are), ``permutation_equivariant``
+    and ``complexity`` (time of one forward pass).
+
+    Subclasses with a token matrix implement ``_matrix`` (``(b, h, n, n)``),
+    ``_values`` (``(b, h, n, dh)``) and ``readout``; the base class then provides
+    ``token_matrix``, ``values`` and ``forward_reference``.
+
+    See: book chapter 05.
+    """
+
+    key: ClassVar[str] = ""
+    fixed_length: ClassVar[bool] = False
+    supports_causal: ClassVar[bool] = True
+    causal_reason: ClassVar[str] = ""
+    padding: ClassVar[str] = "exact"
+    permutation_equivariant: ClassVar[bool] = False
+    has_token_matrix: ClassVar[bool] = True
+    complexity: ClassVar[str] = ""
+
+    def __init__(self, dim: int, seq_len: int, *, causal: bool = False) -> None:
+        super().__init__()
+        self.dim = _check_positive_int("dim", dim)
+        self.seq_len = _check_positive_int("seq_len", seq_len)
+        if not isinstance(causal, bool):
+            raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+        if causal and not self.supports_causal:
+            raise ValueError(f"{type(self).__name__} cannot be causal: {self.causal_reason}")
+        self.causal = causal
+
+    # -- input validation ----------------------------------------------------
+    def _prepare(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must have shape (batch, seq, {self.dim}), got {tuple(x.shape)}")
+        batch, n, _ = x.shape
+        if n < 1:
+            raise ValueError("x must have at least one token (seq >= 1)")
+        if self.fixed_length and n > self.seq_len:
+            raise ValueError(
+                f"{type(self).__name__} was built for seq_len={self.seq_len}: its token-mixing weights "
+                f"are tied to positions, so it cannot take seq={n} > {self.seq_len}"
+            )
+        if mask is None:
+            return x, None
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
+        if mask.shape != (batch, n):
+            raise ValueError(f"mask must have shape (batch, seq)=({batch}, {n}), got {tuple(mask.shape)}")
+        if mask.dtype != torch.bool:
+            if mask.is_floating_point() or mask.is_complex():
+                raise TypeError(f"mask must be bool or integer 0/1, got {mask.dtype}")
+            if ((mask != 0) & (mask != 1)).any():
+                raise ValueError("mask must contain only 0 and 1")
+            mask = mask.bool()
+        mask = mask.to(x.device)
+        if not bool(mask.any(dim=-1).all()):
+            raise ValueError("mask: every sequence needs at least one real (True) token")
+        return x, mask
+
+    # -- the O = A V view ------------------------------------------------------
+    def _matrix(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        raise TypeError(f"{type(self).__name__} applies no single matrix over tokens")
+
+    def _values(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        raise TypeError(f"{type(self).__name__} applies no single matrix over tokens")
+
+    def readout(self, x: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
+        """Everything after ``A V``: output projection, gating, bias, LayerScale."""
+        raise TypeError(f"{type(self).__name__} applies no single matrix over tokens")
+
+    def token_matrix(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The matrix ``A`` over tokens: ``(batch, seq, seq)``, or ``(batch, heads, seq, seq)``."""
+        x, mask = self._prepare(x, mask)
+        return _squeeze_heads(self._matrix(x, mask))
+
+    def values(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """What ``A`` multiplies: ``(batch, seq, d_v)``, or ``(batch, heads, seq, d_head)``."""
+        x, mask = self._prepare(x, mask)
+        return _squeeze_heads(self._values(x, mask))
+
+    def forward_reference(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Naive formula-level path ``readout(A V)`` with ``A`` built explicitly."""
+        x, mask = self._prepare(x, mask)
+        return self.readout(x, self._matrix(x, mask) @ self._values(x, mask))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, seq_len={self.seq_len}, causal={self.causal}"
+
+
+# --------------------------------------------------------------------------- 1. attention
+
+
+class SelfAttention(TokenMixer):
+    r"""Softmax self-attention, a thin wrapper around :class:`kexue.nn.MultiHeadSelfAttention`.
+
+    .. math:: O = \mathrm{softmax}\big(Q K^\top / \sqrt{d_h} + M\big) V W_o,\quad Q,K,V = X W_{q,k,v}
+
+    ``forward`` calls the shared encoder's attention (``F.scaled_dot_product_attention``);
+    ``token_matrix`` builds the softmax explicitly from the same weights. With
+    ``causal=True`` the wrapper runs the same weights with a lower-triangular mask.
+    ``seq_len`` is not used: attention takes any length. See: book chapter 05.
+    """
+
+    key = "attention"
+    permutation_equivariant = True
+    complexity = "O(n^2 d)"
+
+    def __init__(self, dim: int, seq_len: int, *, heads: int = 1, dropout: float = 0.0,
+                 causal: bool = False, scale: float | None = None) -> None:
+        super().__init__(dim, seq_len, causal=causal)
+        from kexue.nn import MultiHeadSelfAttention, TransformerConfig  # avoid a circular import
+
+        _check_positive_int("heads", heads)
+        if dim % heads:
+            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        config = TransformerConfig(dim=dim, heads=heads, max_len=seq_len, attention_dropout=dropout,
+                                   position="none", attention_scale=scale)
+        self.heads = heads
+        self.scale = scale if scale is not None else (dim // heads) ** -0.5
+        self.attention = MultiHeadSelfAttention(config)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x, mask = self._prepare(x, mask)
+        if not self.causal:
+            return self.attention(x, mask=mask)
+        att = self.attention
+        q, k, v = (_split_heads(lin(x), self.heads) for lin in (att.query, att.key, att.value))
+        allowed = _allowed(mask, x.shape[1], True, x.device)
+        bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(~allowed, _mask_fill_value(x.dtype))
+        p = att.config.attention_dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p, scale=self.scale)
+        return att.output(_merge_heads(out))
+
+    def _matrix(self, x, mask):
+        q = _split_heads(self.attention.query(x), self.heads)
+        k = _split_heads(self.attention.key(x), self.heads)
+        return _masked_softmax(q @ k.transpose(-1, -2) * self.scale, _allowed(mask, x.shape[1], self.causal, x.device))
+
+    def _values(self, x, mask):
+        return _split_heads(self.attention.value(x), self.heads)
+
+    def readout(self, x, mixed):
+        if mixed.dim() == 3:
+            mixed = mixed[:, None]
+        return self.attention.output(_merge_heads(mixed))
+
+
+# --------------------------------------------------------------------------- 2. Synthesizer
+
+
+class SynthesizerRandom(TokenMixer):
+    r"""Synthesizer-Random: attention whose logits are a learned (or frozen) parameter.
+
+    .. math:: O = \mathrm{softmax}(R + M)\, X W_v W_o,\qquad R\in\mathbb{R}^{h\times L\times L}
+
+    ``R`` does not depend on the input: every sample gets the same matrix.
+    ``trainable=False`` freezes the random ``R`` (the paper's "fixed" variant).
+    See: book chapter 05, equation ``ch05-synth-random``.
+    """
+
+    key = "synthesizer_random"
+    fixed_length = True
+    complexity = "O(n^2 d)"
+
+    def __init__(self, dim: int, seq_len: int, *, heads: int = 1, trainable: bool = True,
+                 init_std: float = 1.0, causal: bool = False) -> None:
+        super().__init__(dim, seq_len, causal=causal)
+        _check_positive_int("heads", heads)
+        if dim % heads:
+            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        self.heads = heads
+        self.logits = nn.Parameter(torch.randn(heads, seq_len, seq_len) * init_std, requires_grad=trainable)
+        self.value = nn.Linear(dim, dim)
+        self.output = nn.Linear(dim, dim)
+
+    def _matrix(self, x, mask):
+        n = x.shape[1]
+        logits = self.logits[:, :n, :n].to(x.dtype)[None]  # (1, h, n, n): the same for every sample
+        a = _masked_softmax(logits, _allowed(mask, n, self.causal, x.device))
+        return a.expand(x.shape[0], -1, -1, -1)
+
+    def _values(self, x, mask):
+        return _split_heads(self.value(x), self.heads)
+
+    def readout(self, x, mixed):
+        if mixed.dim() == 3:
+            mixed = mixed[:, None]
+        return self.output(_merge_heads(mixed))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x, mask = self._prepare(x, mask)
+        n = x.shape[1]
+        a = _masked_softmax(self.logits[:, :n, :n].to(x.dtype)[None], _allowed(mask, n, self.causal, x.device))
+        return self.readout(x, a @ self._values(x, mask))  # broadcasts (1 or b, h, n, n) over the batch
+
+
+class SynthesizerDense(TokenMixer):
+    r"""Synthesizer-Dense: each token predicts its own row of logits with a two-layer MLP.
+
+    .. math:: B_i = \mathrm{relu}(x_i W_1 + b_1) W_2 + b_2 \in \mathbb{R}^{L},\qquad
+              O = \mathrm{softmax}(B_{:, :n} + M)\, X W_v W_o
+
+    No query-key products: token ``i``'s weights over positions come from ``x_i`` alone.
+    See: book chapter 05, equation ``ch05-synth-dense``.
+    """
+
+    key = "synthesizer_dense"
+    fixed_length = True
+    complexity = "O(n L d_h + n^2 d)"
+
+    def __init__(self, dim: int, seq_len: int, *, heads: int = 1, hidden: int | None = None,
+                 causal: bool = False) -> None:
+        super().__init__(dim, seq_len, causal=causal)
+        _check_positive_int("heads", heads)
+        if dim % heads:
+            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        hidden = dim if hidden is None else _check_positive_int("hidden", hidden)
+        self.heads = heads
+        self.hidden_layer = nn.Linear(dim, hidden)
+        self.logit_layer = nn.Linear(hidden, heads * seq_len)
+        self.value = nn.Linear(dim, dim)
+        self.output = nn.Linear(dim, dim)
+
+    def _matrix(self, x, mask):
+        n = x.shape[1]
+        logits = self.logit_layer(F.relu(self.hidden_layer(x)))  # (b, n, h*L)
+        logits = logits.unflatten(-1, (self.heads, self.seq_len)).transpose(1, 2)[..., :n]  # (b, h, n, n)
+        return _masked_softmax(logits, _allowed(mask, n, self.causal, x.device))
+
+    def _values(self, x, mask):
+        return _split_heads(self.value(x), self.heads)
+
+    def readout(self, x, mixed):
+        if mixed.dim() == 3:
+            mixed = mixed[:, None]
+        return self.output(_merge_heads(mixed))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x, mask = self._prepare(x, mask)
+        return self.readout(x, self._matrix(x, mask) @ self._values(x, mask))
+
+
+# --------------------------------------------------------------------------- 3. MLP-Mixer
+
+
+class MixerTokenMLP(TokenMixer):
+    r"""MLP-Mixer's token-mixing MLP, one MLP over positions shared by all channels.
+
+    .. math:: O = W_2\, \sigma(W_1 V + b_1 \mathbf{1}^\top) + b_2 \mathbf{1}^\top,\qquad
+              W_1\in\mathbb{R}^{D_S\times L},\ W_2\in\mathbb{R}^{L\times D_S}
+
+    with ``V = X`` (the block's LayerNorm comes before), ``sigma`` = GELU and
+    ``D_S = expansion * dim`` (the paper's 0.5). With ``activation="identity"`` the
+    layer collapses to one fixed matrix ``A = W_2 W_1`` (rank ``<= D_S``) plus a
+    bias, and ``token_matrix`` returns it; with GELU there is no single matrix.
+    Padding is honoured by zeroing padded rows of ``V``. Cannot be causal.
+    See: book chapter 05, equation ``ch05-mixer``.
+    """
+
+    key = "mixer"
+    fixed_length = True
+    supports_causal = False
+    causal_reason = "every hidden unit of the token MLP reads all positions, future ones included"
+    complexity = "O(n D_S d)"
+
+    def __init__(self, dim: int, seq_len: int, *, expansion: float = 0.5, hidden: int | None = None,
+                 activation: str = "gelu", causal: bool = False) -> None:
+        super().__init__(dim, seq_len, causal=causal)
+        if activation not in ("gelu", "identity"):
+            raise ValueError(f"activation must be 'gelu' or 'identity', got {activation!r}")
+        if hidden is None:
+            if not expansion > 0:
+                raise ValueError(f"expansion must be > 0, got {expansion!r}")
+            hidden = max(1, int(expansion * dim))
+        self.hidden = _check_positive_int("hidden", hidden)
+        self.activation = activation
+        self.has_token_matrix = activation == "identity"  # instance-level override
+        self.w1 = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.hidden, seq_len)))
+        self.b1 = nn.Parameter(torch.zeros(self.hidden))
+        self.w2 = nn.Parameter(nn.init.xavier_uniform_(torch.empty(seq_len, self.hidden)))
+        self.b2 = nn.Parameter(torch.zeros(seq_len))
+
+    def _act(self, h: torch.Tensor) -> torch.Tensor:
+        return F.gelu(h) if self.activation == "gelu" else h
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x, mask = self._prepare(x, mask)
+        n = x.shape[1]
+        v = _zero_padding(x, mask)  # (b, n, d), read as n "channels" of length d
+        # a width-1 convolution over the token axis is exactly W v + b (and the fastest kernel on CPU)
+        h = self._act(F.conv1d(v, self.w1[:, :n, None], self.b1))  # (b, D_S, d)
+        return F.conv1d(h, self.w2[:n, :, None], self.b2[:n])  # (b, n, d)
+
+    def forward_reference(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x, mask = self._prepare(x, mask)
+        n = x.shape[1]
+        v = _zero_padding(x, mask)
+        h = self._act(torch.einsum("kj,bjc->bkc", self.w1[:, :n], v) + self.b1[:, None])  # (b, D_S, d)
+        return torch.einsum("ik,bkc->bic", self.w2[:n], h) + self.b2[:n, None]
+
+    def _check_linear(self) -> None:
+        if self.activation != "identity":
+            raise TypeError(
+                "MixerTokenMLP with a GELU between its two token layers applies no single matrix over "
+                "tokens (it is 'fixed mixing -> GELU -> fixed mixing'); build it with activation='identity'"
+            )
+
+    def _matrix(self, x, mask):
+        self._check_linear()
+        n = x.shape[1]
+        a = self.w2[:n] @ self.w1[:, :n]  # (n, n), rank <= D_S
+        return a.to(x.dtype).expand(x.shape[0], 1, n, n)
+
+    def _values(self, x, mask):
+        self._check_linear()
+        return _zero_padding(x, mask)[:, None]
+
+    def readout(self, x, mixed):
+        self._check_linear()
+        n = x.shape[1]
+        mixed = _squeeze_heads(mixed)
+        return mixed + (self.w2[:n] @ self.b1 + self.b2[:n])[:, None]
+
+
+# --------------------------------------------------------------------------- 4. ResMLP
+
+
+class ResMLPTokenMixing(TokenMixer):
+    r"""ResMLP's token mixing: one linear layer over positions between affine maps.
+
+    .. math:: O = \mathrm{diag}(\gamma)\big(A\, \mathrm{Aff}(X) + b \mathbf{1}^\top\big),\qquad
+              \mathrm{Aff}(X) = X \mathrm{diag}(\alpha) + \mathbf{1}\beta^\top
+
+    ``A`` (``L x L``, with bias ``b``) is literally a fixed attention matrix without
+    softmax; ``gamma`` is the LayerScale (``init_values``, the paper's 0.1 at depth 12).
+    ``causal=True`` keeps the lower triangle of ``A``.
+    See: book chapter 05, equation ``ch05-resmlp``.
+    """
+
+    key = "resmlp"
+    fixed_length = True
+    complexity = "O(n^2 d)"
+
+    def __init__(self, dim: int, seq_len: int, *, init_values: float = 0.1, init_std: float = 0.02,
+                 causal: bool = False) -> None:
+        super().__init__(dim, seq_len, causal=causal)
+        self.alpha = nn.Parameter(torch.ones(dim))
+        self.beta = nn.Parameter(torch.zeros(dim))
+        self.weight = nn.Parameter(torch.randn(seq_len, seq_len) * init_std)
+        self.bias = nn.Parameter(torch.zeros(seq_len))
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
+
+    def _weight(self, n: int) -> torch.Tensor:
+        w = self.weight[:n, :n]
+        return w.tril() if self.causal else w
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x, mask = self._prepare(x, mask)
+        n = x.shape[1]
+        v = _zero_padding(x * self.alpha + self.beta, mask)
+        mixed = F.conv1d(v, self._weight(n)[..., None], self.bias[:n])  # A V + b 1^T over the token axis
+        return mixed * self.gamma
+
+    def _matrix(self, x, mask):
+        n = x.shape[1]
+        return self._weight(n).to(x.dtype).expand(x.shape[0], 1, n, n)
+
+    def _values(self, x, mask):
+        return _zero_padding(x * self.alpha + self.beta, mask)[:, None]
+
+    def readout(self, x, mixed):
+        mixed = _squeeze_heads(mixed)
+        return (mixed + self.bias[: x.shape[1], None]) * self.gamma
+
+
+# --------------------------------------------------------------------------- 5. gMLP
+
+
+class SpatialGatingUnit(TokenMixer):
+    r"""gMLP's token mixing: channel projection, GELU, spatial gating unit, channel projection.
+
+    .. math:: [Z_1, Z_2] = \mathrm{GELU}(X U + c),\qquad
+              O = \big(Z_1 \odot (W\, \mathrm{LN}(Z_2) + b \mathbf{1}^\top)\big) V_o
+
+    ``W`` (``L x L``) starts near zero and ``b`` at one, so at initialisation the unit
+    passes ``Z_1`` through. ``hidden`` is the width of each half (default ``dim``).
+    ``causal=True`` keeps the lower triangle of ``W`` (as lucidrains' ``causal``).
+    In :class:`kexue.nn.TransformerEncoder` the block's FFN follows, which gMLP's own
+    blocks do not have. See: book chapter 05, equation ``ch05-gmlp``.
+    """
+
+    key = "gmlp"
+    fixed_length = True
+    complexity = "O(n^2 d + n d^2)"
+
+    def __init__(self, dim: int, seq_len: int, *, hidden: int | None = None, init_std: float = 1e-6,
+                 layer_norm_eps: float = 1e-5, causal: bool = False) -> None:
+        super().__init__(dim, seq_len, causal=causal)
+        self.hidden = dim if hidden is None else _check_positive_int("hidden", hidden)
+        self.proj_in = nn.Linear(dim, 2 * self.hidden)
+        self.norm = nn.LayerNorm(self.hidden, eps=layer_norm_eps)
+        self.weight = nn.Parameter(torch.randn(seq_len, seq_len) * init_std)
+        self.bias = nn.Parameter(torch.ones(seq_len))
+        self.proj_out = nn.Linear(self.hidden, dim)
+
+    def _weight(self, n: int) -> torch.Tensor:
+        w = self.weight[:n, :n]
+        return w.tril() if self.causal else w
+
+    def _halves(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z1, z2 = F.gelu(self.proj_in(x)).chunk(2, dim=-1)
+        return z1, z2
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x, mask = self._prepare(x, mask)
+        n = x.shape[1]
+        z1, z2 = self._halves(x)
+        v = _zero_padding(self.norm(z2), mask)
+        gate = F.conv1d(v, self._weight(n)[..., None], self.bias[:n])  # W LN(Z_2) + b 1^T
+        return self.proj_out(z1 * gate)
+
+    def _matrix(self, x, mask):
+        n = x.shape[1]
+        return self._weight(n).to(x.dtype).expand(x.shape[0], 1, n, n)
+
+    def _values(self, x, mask):
+        return _zero_padding(self.norm(self._halves(x)[1]), mask)[:, None]
+
+    def readout(self, x, mixed):
+        mixed = _squeeze_heads(mixed)
+        z1 = self._halves(x)[0]
+        return self.proj_out(z1 * (mixed + self.bias[: x.shape[1], None]))
+
+
+# --------------------------------------------------------------------------- 6. FNet
+
+
+class FNetMixing(TokenMixer):
+    r"""FNet's parameter-free Fourier mixing over the sequence and hidden axes.
+
+    .. math:: O = \Re\big(F_n X F_d\big) = C_n X C_d - S_n X S_d,\qquad (F_m)_{jk} = e^{-2\pi i jk/m}
+
+    ``forward`` uses ``torch.fft.fft2``; ``token_matrix`` returns the complex ``F_n``,
+    ``values`` returns ``X F_d`` and ``readout`` takes the real part. A mask zeroes
+    the padded rows first, so outputs ignore the padding's content, but ``n`` is the
+    padded length: outputs still change with the amount of padding. ``seq_len`` is
+    not used. Cannot be causal. See: book chapter 05, equation ``ch05-fnet``.
+    """
+
+    key = "fnet"
+    supports_causal = False
+    causal_reason = "the DFT matrix is dense: every output position reads every input position"
+    padding = "content"
+    complexity = "O(n d log(n d))"
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x, mask = self._prepare(x, mask)
+        work = x if x.dtype in (torch.float32, torch.float64) else x.float()  # no half-precision FFT on CPU
+        return torch.fft.fft2(_zero_padding(work, mask), dim=(-2, -1)).real.to(x.dtype)
+
+    def _matrix(self, x, mask):
+        n = x.shape[1]
+        return dft_matrix(n, dtype=complex_dtype_for(x.dtype), device=x.device).expand(x.shape[0], 1, n, n)
+
+    def _values(self, x, mask):
+        cdt = complex_dtype_for(x.dtype)
+        return (_zero_padding(x, mask).to(cdt) @ dft_matrix(self.dim, dtype=cdt, device=x.device))[:, None]
+
+    def readout(self, x, mixed):
+        return _squeeze_heads(mixed).real.to(x.dtype)
+
+
+# --------------------------------------------------------------------------- 7. External Attention
+
+
+class ExternalAttention(TokenMixer):
+    r"""External Attention: keys and values are learned memories of ``slots`` rows.
+
+    .. math:: \tilde\alpha = (X W_q) M_k^\top,\quad
+              \hat\alpha_{ij} = \frac{e^{\tilde\alpha_{ij}}}{\sum_{k\le n} e^{\tilde\alpha_{kj}}},\quad
+              \alpha_{ij} = \frac{\hat\alpha_{ij}}{\sum_{s} \hat\alpha_{is}},\quad
+              O = (\alpha M_v) W_o
+
+    ``normalisation="double"`` (the paper's): softmax over the **tokens**, then l1
+    over the slots; ``"row"``: one softmax over the slots, a per-token map. The
+    matrix is token-to-slot (``slot_matrix``), not token-to-token, so there is no
+    ``token_matrix``. The double normalisation sums over all tokens and so cannot be
+    causal; the row variant is trivially causal. See: book chapter 05, equation ``ch05-ea``.
+    """
+
+    key = "external_attention"
+    has_token_matrix = False
+    permutation_equivariant = True
+    supports_causal = True
+    complexity = "O(n S d)"
+
+    def __init__(self, dim: int, seq_len: int, *, slots: int = 64, heads: int = 1,
+                 normalisation: str = "double", eps: float = 1e-9, causal: bool = False) -> None:
+        if normalisation not in ("double", "row"):
+            raise ValueError(f"normalisation must be 'double' or 'row', got {normalisation!r}")
+        if causal and normalisation == "double":
+            raise ValueError(
+                "ExternalAttention cannot be causal with normalisation='double': the softmax over "
+                "tokens sums over every position, future ones included"
+            )
+        super().__init__(dim, seq_len, causal=causal)
+        _check_positive_int("slots", slots)
+        _check_positive_int("heads", heads)
+        if dim % heads:
+            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        head_dim = dim // heads
+        self.heads, self.slots, self.normalisation, self.eps = heads, slots, normalisation, eps
+        self.query = nn.Linear(dim, dim)
+        self.memory_key = nn.Parameter(torch.randn(heads, slots, head_dim) * head_dim**-0.5)
+        self.memory_value = nn.Parameter(torch.randn(heads, slots, head_dim))
+        self.output = nn.Linear(dim, dim)
+
+    def _slot_matrix(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        q = _split_heads(self.query(x), self.heads)  # (b, h, n, dh)
+        logits = q @ self.memory_key.to(x.dtype).transpose(-1, -2)  # (b, h, n, S)
+        if self.normalisation == "row":
+            return torch.softmax(logits, dim=-1)
+        allowed = None if mask is None else mask[:, None, :, None]  # padding tokens leave the token softmax
+        attn = _masked_softmax(logits, allowed, dim=-2)  # over tokens
+        if allowed is not None:
+            attn = attn * allowed.to(attn.dtype)
+        return attn / (self.eps + attn.sum(dim=-1, keepdim=True))  # then l1 over slots
+
+    def slot_matrix(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``alpha``: ``(batch, seq, slots)``, or ``(batch, heads, seq, slots)``."""
+        x, mask = self._prepare(x, mask)
+        return _squeeze_heads(self._slot_matrix(x, mask))
+
+    def values(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The value memory ``M_v``: ``(batch, slots, dim)``, or ``(batch, heads, slots, d_head)``."""
+        x, mask = self._prepare(x, mask)
+        return _squeeze_heads(self.memory_value.to(x.dtype).expand(x.shape[0], -1, -1, -1))
+
+    def readout(self, x, mixed):
+        if mixed.dim() == 3:
+            mixed = mixed[:, None]
+        return self.output(_merge_heads(mixed))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x, mask = self._prepare(x, mask)
+        return self.readout(x, self._slot_matrix(x, mask) @ self.memory_value.to(x.dtype))
+
+    def forward_reference(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Entry-wise formula with explicit sums (exp, column sums over real tokens, row sums)."""
+        x, mask = self._prepare(x, mask)
+        q = self.query(x).unflatten(-1, (self.heads, -1))  # (b, n, h, dh)
+        logits = torch.einsum("bnhd,hsd->bhns", q, self.memory_key.to(x.dtype))
+        if self.normalisation == "row":
+            alpha = logits.exp() / logits.exp().sum(-1, keepdim=True)
+        else:
+            real = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device) if mask is None else mask.to(x.dtype)
+            e = (logits - logits.amax(dim=(-2, -1), keepdim=True)).exp() * real[:, None, :, None]
+            alpha_hat = e / e.sum(dim=-2, keepdim=True)
+            alpha = alpha_hat / (self.eps + alpha_hat.sum(dim=-1, keepdim=True))
+        out = torch.einsum("bhns,hsd->bnhd", alpha, self.memory_value.to(x.dtype))
+        return self.output(out.flatten(-2))
+
+
+# --------------------------------------------------------------------------- 8. AFT (supplement)
+
+
+class AFTSimple(TokenMixer):
+    r"""AFT-simple (supplement: An Attention Free Transformer, arXiv 2105.14103, not in the post).
+
+    .. math:: Y_t = \sigma(Q_t) \odot \frac{\sum_{t'} e^{K_{t'}} \odot V_{t'}}{\sum_{t'} e^{K_{t'}}},
+              \qquad O = Y W_o
+
+    One attention matrix per channel ``c``: ``A^{(c)}_{t t'} = softmax_{t'}(K_{t' c})``,
+    the same for every query ``t`` (rank one), so ``token_matrix`` is
+    ``(batch, dim, seq, seq)``. The fast path pools once (``O(n d)``); with
+    ``causal=True`` it uses cumulative sums, shifted by each channel's maximum key
+    (keys more than ~80 below a later maximum underflow in float32).
+    See: book chapter 05, equation ``ch05-aft``.
+    """
+
+    key = "aft_simple"
+    permutation_equivariant = True
+    complexity = "O(n d)"
+
+    def __init__(self, dim: int, seq_len: int, *, causal: bool = False) -> None:
+        super().__init__(dim, seq_len, causal=causal)
+        self.query = nn.Linear(dim, dim)
+        self.key_proj = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.output = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x, mask = self._prepare(x, mask)
+        k, v = self.key_proj(x), self.value(x)
+        if mask is not None:
+            k = k.masked_fill(~mask[..., None], _mask_fill_value(k.dtype))
+        if not self.causal:
+            w = torch.softmax(k, dim=1)  # (b, n, d): softmax over positions, per channel
+            pooled = (w * v).sum(dim=1, keepdim=True)  # (b, 1, d)
+        else:
+            e = torch.exp(k - k.amax(dim=1, keepdim=True))
+            den = torch.cumsum(e, dim=1).clamp_min(torch.finfo(e.dtype).tiny)
+            pooled = torch.cumsum(e * v, dim=1) / den
+        return self.output(torch.sigmoid(self.query(x)) * pooled)
+
+    def _matrix(self, x, mask):
+        n = x.shape[1]
+        k = self.key_proj(x).transpose(1, 2)[:, :, None, :]  # (b, d, 1, n): the logit of key t' in channel c
+        k = k.expand(-1, -1, n, -1)  # identical rows: no query dependence
+        return _masked_softmax(k, _allowed(mask, n, self.causal, x.device))
+
+    def _values(self, x, mask):
+        return self.value(x).transpose(1, 2)[..., None]  # (b, d, n, 1): one "head" of size 1 per channel
+
+    def readout(self, x, mixed):
+        if mixed.dim() == 3:  # dim == 1 squeezed the channel axis
+            mixed = mixed[:, None]
+        y = mixed[..., 0].transpose(1, 2)  # (b, n, d)
+        return self.output(torch.sigmoid(self.query(x)) * y)
+
+
+#: name -> class; ``TransformerConfig(mixer=name)`` builds ``MIXERS[name](dim, max_len, **mixer_options)``.
+MIXERS: dict[str, type[TokenMixer]] = {
+    cls.key: cls
+    for cls in (
+        SelfAttention,
+        SynthesizerRandom,
+        SynthesizerDense,
+        MixerTokenMLP,
+        ResMLPTokenMixing,
+        SpatialGatingUnit,
+        FNetMixing,
+        ExternalAttention,
+        AFTSimple,
+    )
+}
+
+
+# =========================================================================== experiment
+# The same small encoder (kexue.nn.TransformerEncoder, config.mixer swapped) on
+# sklearn digits as patches and on MSRA character tagging. See: book chapter 05.
+
+
+@dataclass
+class ExperimentConfig:
+    """One profile of the chapter's experiment (``smoke`` on CPU, ``full`` on a GPU)."""
+
+    seed: int = 0  # seeds the data split and every model's initialisation
+    mixers: tuple[str, ...] = tuple(MIXERS)  # which mixers to train
+    dim: int = 32  # hidden size of every encoder
+    depth: int = 2  # blocks per encoder
+    heads: int = 4  # heads of softmax attention, both Synthesizers and External Attention
+    ffn_dim: int = 64  # inner width of each block's feed-forward network
+    slots: int = 32  # External Attention memory rows S
+    dropout: float = 0.0  # hidden dropout (0 in the smoke run: too few steps to matter)
+    lr: float = 3e-3  # AdamW peak learning rate (linear warm-up 5%, then cosine)
+    weight_decay: float = 0.01  # AdamW weight decay
+    batch_size: int = 64  # training batch size for both tasks
+    patch: int = 2  # digits: side of a square patch; 8x8 images give (8/patch)^2 tokens of patch^2 pixels
+    digits_test: int = 497  # digits: images held out after a seeded shuffle (1,300 remain for training)
+    digits_epochs: int = 6  # digits: passes over the training images
+    msra_train: int = 3000  # MSRA: first sentences of the official train split used for training
+    msra_test: int = 1000  # MSRA: first sentences of the official test split used for evaluation
+    msra_len: int = 64  # MSRA: sentences are cut to this many characters; every tagger's max_len
+    msra_epochs: int = 3  # MSRA: passes over the training sentences
+    mixer_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # extra options per mixer
+
+    def options_for(self, name: str) -> dict[str, Any]:
+        """The options ``MIXERS[name]`` is built with inside the encoder."""
+        base: dict[str, Any] = {}
+        if name in ("synthesizer_random", "synthesizer_dense"):
+            base = {"heads": self.heads}
+        elif name == "external_attention":
+            base = {"heads": self.heads, "slots": self.slots}
+        return {**base, **self.mixer_options.get(name, {})}
+
+
+def configs() -> dict[str, ExperimentConfig]:
+    """``smoke`` (CPU, about a minute for all mixers and both tasks) and ``full`` (GPU)."""
+    smoke = ExperimentConfig(depth=1, slots=16, lr=1e-2, digits_epochs=10, msra_train=2000, msra_test=500,
+                             msra_len=32, msra_epochs=4)
+    full = ExperimentConfig(dim=128, depth=4, ffn_dim=512, slots=64, dropout=0.1, lr=1e-3, batch_size=128,
+                            digits_epochs=100, msra_train=50_711, msra_test=4_578, msra_len=128, msra_epochs=10)
+    return {"smoke": smoke, "full": full}
+
+
+def experiment_config(profile: str | None = None) -> ExperimentConfig:
+    """The config of ``profile`` (default: :func:`kexue.utils.profile`)."""
+    from kexue.utils import profile as current_profile
+
+    name = current_profile() if profile is None else profile
+    table = configs()
+    if name not in table:
+        raise ValueError(f"profile must be one of {tuple(table)}, got {name!r}")
+    return table[name]
+
+
+def encoder_config(name: str, cfg: ExperimentConfig, *, vocab_size: int, max_len: int):
+    """The shared encoder's ``TransformerConfig`` with the token mixer ``name`` (pre-LN, learned positions)."""
+    from kexue.nn import TransformerConfig
+
+    if name not in MIXERS:
+        raise ValueError(f"name must be one of {sorted(MIXERS)}, got {name!r}")
+    options = {} if name == "attention" else cfg.options_for(name)
+    return TransformerConfig(vocab_size=vocab_size, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
+                             ffn_dim=cfg.ffn_dim, max_len=max_len, dropout=cfg.dropout, attention_dropout=0.0,
+                             norm="pre", position="learned", mixer=name, mixer_options=options)
+
+
+# --------------------------------------------------------------------------- digits as patches
+
+
+def digits_patches(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """``(N, H, W)`` images to ``(N, (H/p)(W/p), p*p)`` non-overlapping patches in row-major order."""
+    if images.dim() != 3:
+        raise ValueError(f"images must have shape (N, H, W), got {tuple(images.shape)}")
+    _check_positive_int("patch", patch)
+    n, h, w = images.shape
+    if h % patch or w % patch:
+        raise ValueError(f"patch={patch} must divide the image size {h}x{w}")
+    p = images.reshape(n, h // patch, patch, w // patch, patch).permute(0, 1, 3, 2, 4)  # (N, gh, gw, p, p)
+    return p.reshape(n, (h // patch) * (w // patch), patch * patch)
+
+
+class PatchClassifier(nn.Module):
+    """Linear patch embedding, the shared encoder, mean pooling, a linear classifier."""
+
+    def __init__(self, config, patch_dim: int, num_classes: int) -> None:
+        super().__init__()
+        from kexue.nn import TransformerEncoder
+
+        self.embed = nn.Linear(patch_dim, config.dim)
+        self.encoder = TransformerEncoder(config)
+        self.head = nn.Linear(config.dim, num_classes)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(inputs_embeds=self.embed(patches)).mean(dim=1))
+
+
+def digits_data(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
+    """Seeded train/test split of the 1,797 digits as patch sequences."""
+    from kexue.data import load_digits
+
+    images, labels = load_digits()
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(cfg.seed))
+    x, y = digits_patches(images[order], cfg.patch), labels[order]
+    k = len(y) - cfg.digits_test
+    return {"x_train": x[:k], "y_train": y[:k], "x_test": x[k:], "y_test": y[k:]}
+
+
+# --------------------------------------------------------------------------- MSRA character tagging
+
+#: BIO tags over MSRA's three entity types; index 0 is "O".
+MSRA_TAGS: tuple[str, ...] = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")
+_TAG_ID = {t: i for i, t in enumerate(MSRA_TAGS)}
+
+
+def char_vocab(texts, min_count: int = 1) -> dict[str, int]:
+    """Characters seen at least ``min_count`` times; id 0 is [PAD], 1 is [UNK]."""
+    from collections import Counter
+
+    counts = Counter(ch for text in texts for ch in text)
+    chars = sorted(ch for ch, c in counts.items() if c >= min_count)
+    return {"[PAD]": 0, "[UNK]": 1, **{ch: i + 2 for i, ch in enumerate(chars)}}
+
+
+def bio_tag_ids(length: int, spans) -> list[int]:
+    """Tag ids of one sentence from its ``(start, end_inclusive, type)`` spans."""
+    tags = [0] * length
+    for start, end, kind in spans:
+        tags[start] = _TAG_ID[f"B-{kind}"]
+        for i in range(start + 1, end + 1):
+            tags[i] = _TAG_ID[f"I-{kind}"]
+    return tags
+
+
+def bio_spans(tag_ids) -> set[tuple[int, int, str]]:
+    """Spans from BIO tag ids; an ``I-X`` that does not continue an ``X`` opens a new span."""
+    spans, start, kind = set(), None, None
+    for i, t in enumerate(list(tag_ids) + [0]):
+        name = MSRA_TAGS[int(t)]
+        inside = name.startswith("I-") and kind == name[2:]
+        if start is not None and not inside:
+            spans.add((start, i - 1, kind))
+            start, kind = None, None
+        if name != "O" and not inside:
+            start, kind = i, name[2:]
+    return spans
+
+
+def msra_data(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Slices of MSRA as padded id/tag tensors (sentences cut to ``cfg.msra_len``)."""
+    from kexue.data import load_msra
+
+    train, test = load_msra("train")[: cfg.msra_train], load_msra("test")[: cfg.msra_test]
+    vocab = char_vocab(ex.text for ex in train)
+    out: dict[str, Any] = {"vocab": vocab}
+    for split, examples in (("train", train), ("test", test)):
+        n = len(examples)
+        ids = torch.zeros(n, cfg.msra_len, dtype=torch.long)
+        tags = torch.full((n, cfg.msra_len), -100, dtype=torch.long)
+        lengths = torch.zeros(n, dtype=torch.long)
+        for row, ex in enumerate(examples):
+            text = ex.text[: cfg.msra_len]
+            spans = [s for s in ex.spans if s[1] < len(text)]
+            ids[row, : len(text)] = torch.tensor([vocab.get(ch, 1) for ch in text], dtype=torch.long)
+            tags[row, : len(text)] = torch.tensor(bio_tag_ids(len(text), spans), dtype=torch.long)
+            lengths[row] = len(text)
+        out[split] = {"ids": ids, "tags": tags, "lengths": lengths}
+    return out
+
+
+class CharTagger(nn.Module):
+    """The shared encoder over characters and a linear tag classifier per position."""
+
+    def __init__(self, config, num_tags: int = len(MSRA_TAGS)) -> None:
+        super().__init__()
+        from kexue.nn import TransformerEncoder
+
+        self.encoder = TransformerEncoder(config)
+        self.head = nn.Linear(config.dim, num_tags)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.encoder(ids, mask))
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _train(model: nn.Module, step_loss, num_examples: int, epochs: int, cfg: ExperimentConfig,
+           device: torch.device) -> list[float]:
+    """AdamW with 5% linear warm-up and cosine decay; returns the loss of every step."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    steps = epochs * math.ceil(num_examples / cfg.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    losses: list[float] = []
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(num_examples, generator=generator).split(cfg.batch_size):
+            loss = step_loss(idx.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def run_digits(name: str, cfg: ExperimentConfig, data: dict[str, torch.Tensor],
+               device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Train one patch classifier with mixer ``name``; report test accuracy and sizes."""
+    from kexue.nn import count_parameters
+    from kexue.utils import seed_everything
+
+    device = torch.device(device)
+    seed_everything(cfg.seed)
+    x_train, y_train = data["x_train"].to(device), data["y_train"].to(device)
+    tokens, patch_dim = x_train.shape[1:]
+    config = encoder_config(name, cfg, vocab_size=1, max_len=tokens)
+    model = PatchClassifier(config, patch_dim, 10).to(device)
+    losses = _train(model, lambda i: F.cross_entropy(model(x_train[i]), y_train[i]),
+                    len(y_train), cfg.digits_epochs, cfg, device)
+    with torch.no_grad():
+        pred = model(data["x_test"].to(device)).argmax(-1).cpu()
+    return {"mixer": name, "accuracy": (pred == data["y_test"]).double().mean().item(), "losses": losses,
+            "parameters": count_parameters(model), "mixer_parameters": _mixer_parameters(model),
+            "model": model}
+
+
+def _mixer_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for block in model.encoder.blocks for p in block.attention.parameters() if p.requires_grad)
+
+
+def msra_predict(model: CharTagger, split: dict[str, torch.Tensor], *, frame: str = "fixed",
+                 batch_size: int = 256) -> list[list[int]]:
+    """Predicted tag ids of every sentence (real characters only).
+
+    ``frame="fixed"`` pads every batch to the training length (as in training);
+    ``frame="tight"`` sorts sentences by length and pads each batch only to its
+    longest sentence, so the same sentence is seen with less padding.
+    """
+    if frame not in ("fixed", "tight"):
+        raise ValueError(f"frame must be 'fixed' or 'tight', got {frame!r}")
+    device = next(model.parameters()).device
+    ids, lengths = split["ids"], split["lengths"]
+    order = torch.argsort(lengths, descending=True, stable=True) if frame == "tight" else torch.arange(len(lengths))
+    preds: list[list[int]] = [[] for _ in range(len(lengths))]
+    with torch.no_grad():
+        for chunk in order.split(batch_size):
+            width = int(lengths[chunk].max()) if frame == "tight" else ids.shape[1]
+            batch = ids[chunk, :width].to(device)
+            mask = torch.arange(width, device=device)[None] < lengths[chunk].to(device)[:, None]
+            tags = model(batch, mask).argmax(-1).cpu()
+            for row, i in enumerate(chunk.tolist()):
+                preds[i] = tags[row, : int(lengths[i])].tolist()
+    return preds
+
+
+def msra_scores(preds: list[list[int]], split: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Token accuracy and exact-match entity precision/recall/F1 over the real characters."""
+    correct = total = tp = n_pred = n_gold = 0
+    for i, pred in enumerate(preds):
+        gold = split["tags"][i, : int(split["lengths"][i])].tolist()
+        correct += sum(int(p == g) for p, g in zip(pred, gold))
+        total += len(gold)
+        ps, gs = bio_spans(pred), bio_spans(gold)
+        tp, n_pred, n_gold = tp + len(ps & gs), n_pred + len(ps), n_gold + len(gs)
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_gold if n_gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"token_accuracy": correct / total, "precision": precision, "recall": recall, "f1": f1}
+
+
+def run_msra(name: str, cfg: ExperimentConfig, data: dict[str, Any],
+             device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Train one character tagger with mixer ``name`` on padded, masked batches."""
+    from kexue.nn import count_parameters
+    from kexue.utils import seed_everything
+
+    device = torch.device(device)
+    seed_everything(cfg.seed)
+    train = {k: v.to(device) for k, v in data["train"].items()}
+    config = encoder_config(name, cfg, vocab_size=len(data["vocab"]), max_len=cfg.msra_len)
+    model = CharTagger(config).to(device)
+    mask = train["tags"] != -100
+
+    def step_loss(i: torch.Tensor) -> torch.Tensor:
+        logits = model(train["ids"][i], mask[i])
+        return F.cross_entropy(logits.flatten(0, 1), train["tags"][i].flatten(), ignore_index=-100)
+
+    losses = _train(model, step_loss, len(train["ids"]), cfg.msra_epochs, cfg, device)
+    scores = msra_scores(msra_predict(model, data["test"]), data["test"])
+    return {"mixer": name, **scores, "losses": losses, "parameters": count_parameters(model),
+            "mixer_parameters": _mixer_parameters(model), "model": model}
+
+
+# --------------------------------------------------------------------------- what each mixer gives up
+
+
+def probe(name: str, *, dim: int = 8, seq_len: int = 10, seed: int = 0) -> dict[str, Any]:
+    """Measure, on a random float64 mixer, what ``MIXERS[name]`` gives up.
+
+    * ``longer_input``: does it run on ``seq_len + 4`` tokens (or raise ``ValueError``)?
+    * ``permutation_equivariant``: does permuting the tokens permute the outputs?
+    * ``causal``: can it be built with ``causal=True``?
+    * ``padding``: ``"exact"`` if a sequence of 5 padded to 9 (masked) gives the same
+      outputs as the unpadded sequence, ``"content"`` if only the padding's content
+      is ignored, ``"leaks"`` if even that changes the outputs.
+
+    See: book chapter 05, section ``ch05-gives-up``.
+    """
+    from kexue.utils import seed_everything
+
+    seed_everything(seed)
+    cls = MIXERS[name]
+    module = cls(dim, seq_len).double().eval()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(2, 7, dim, dtype=torch.float64)
+    perm = torch.randperm(7)
+    equivariant = bool((module(x[:, perm]) - module(x)[:, perm]).abs().max() < 1e-10)
+    try:
+        module(torch.randn(1, seq_len + 4, dim, dtype=torch.float64))
+        longer = True
+    except ValueError:
+        longer = False
+    try:
+        cls(dim, seq_len, causal=True)
+        causal = True
+    except ValueError:
+        causal = False
+    short = torch.randn(2, 5, dim, dtype=torch.float64)
+    mask = torch.arange(9)[None].expand(2, -1) < 5
+    padded = torch.cat([short, torch.randn(2, 4, dim, dtype=torch.float64)], dim=1)
+    other = torch.cat([short, 50 * torch.randn(2, 4, dim, dtype=torch.float64)], dim=1)
+    y = module(padded, mask)[:, :5]
+    if (y - module(short)).abs().max() < 1e-10:
+        padding = "exact"
+    elif (y - module(other, mask)[:, :5]).abs().max() < 1e-10:
+        padding = "content"
+    else:
+        padding = "leaks"
+    return {"mixer": name, "longer_input": longer, "permutation_equivariant": equivariant, "causal": causal,
+            "padding": padding, "complexity": cls.complexity}
+
+
+def prediction_agreement(a: list[list[int]], b: list[list[int]]) -> float:
+    """Fraction of characters whose predicted tag is the same in ``a`` and ``b``."""
+    same = sum(int(x == y) for pa, pb in zip(a, b) for x, y in zip(pa, pb))
+    total = sum(len(pa) for pa in a)
+    return same / total if total else 1.0
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot_scaling(results: dict[str, Any], ax=None):
+    """Forward time against sequence length from ``benchmarks/results/mixers.json`` (log-log)."""
+    from kexue.plot import PALETTE, figure
+
+    if ax is None:
+        _, ax = figure(1, 1, width=6.0, height=4.0)
+    for i, (name, rows) in enumerate(results["scaling"]["times"].items()):
+        pts = [(r["seq_len"], r["ms"]) for r in rows if r.get("ms") is not None]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, "o-", color=PALETTE[i % len(PALETTE)], label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length n")
+    ax.set_ylabel("forward time (ms)")
+    ax.legend()
+    return ax
+
+
+def padding_shift(model: CharTagger, split: dict[str, torch.Tensor], count: int = 32) -> dict[str, float]:
+    """How a trained tagger's outputs move when a sentence is fed without its training padding.
+
+    For each of the first ``count`` sentences, compare the logits at the real
+    characters when the sentence is padded to the training length (masked) and
+    when it is fed alone at its own length. Returns the largest absolute logit
+    difference and the fraction of characters whose predicted tag is unchanged.
+    See: book chapter 05, section ``ch05-length``.
+    """
+    device = next(model.parameters()).device
+    worst, same, total = 0.0, 0, 0
+    with torch.no_grad():
+        for i in range(min(count, len(split["lengths"]))):
+            n = int(split["lengths"][i])
+            ids = split["ids"][i : i + 1].to(device)
+            mask = torch.arange(ids.shape[1], device=device)[None] < n
+            padded = model(ids, mask)[0, :n]
+            alone = model(ids[:, :n])[0]
+            worst = max(worst, (padded - alone).abs().max().item())
+            same += int((padded.argmax(-1) == alone.argmax(-1)).sum())
+            total += n
+    return {"max_logit_change": worst, "same_prediction": same / max(total, 1)}
