@@ -1,0 +1,408 @@
+"""Tests for kexue.vmf (chapter 04: vMF-VAE)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, special, stats
+
+from kexue.vmf import (
+    VAE,
+    HypersphericalUniform,
+    VonMisesFisher,
+    bessel_ratio,
+    configs,
+    implicit_dw_dkappa,
+    load_fashion_mnist,
+    log_bessel_iv,
+    log_sphere_area,
+    log_vmf_normalizer,
+    mean_resultant_length,
+    sample_w_grid,
+    sample_w_wood,
+    vmf_entropy,
+    vmf_kl_uniform,
+    w_log_density,
+)
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny tensor ops are ~1000x slower with 2 intra-op threads on the shared CI CPU
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+DIMS = [2, 3, 4, 16, 128, 1024]
+KAPPAS = [1e-4, 1e-2, 1.0, 20.0, 1000.0, 1e5]
+
+
+def _unit(d: int, seed: int = 0, batch: tuple[int, ...] = ()) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*batch, d, generator=g, dtype=F64)
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def _naive_log_iv(v: float, x: torch.Tensor, terms: int = 200) -> torch.Tensor:
+    """Formula-level reference: the power series of I_v in log space (moderate x only)."""
+    k = torch.arange(terms, dtype=F64)
+    logt = (2 * k + v) * torch.log(x[..., None] / 2) - torch.lgamma(k + 1) - torch.lgamma(k + v + 1)
+    return torch.logsumexp(logt, dim=-1)
+
+
+# ---------------------------------------------------------------- Bessel functions
+@pytest.mark.parametrize("d", DIMS)
+def test_log_bessel_and_ratio_match_scipy(d: int) -> None:
+    v = d / 2 - 1
+    x = torch.tensor(KAPPAS, dtype=F64)
+    ive_v = special.ive(v, x.numpy())
+    ok = ive_v > 0  # scipy underflows to 0 for large v, small x; we do not
+    ref = np.log(ive_v[ok]) + x.numpy()[ok]
+    got = log_bessel_iv(v, x).numpy()[ok]
+    np.testing.assert_allclose(got, ref, rtol=1e-11, atol=1e-11)
+    ratio_ref = special.ive(v + 1, x.numpy()[ok]) / ive_v[ok]
+    np.testing.assert_allclose(bessel_ratio(v, x).numpy()[ok], ratio_ref, rtol=1e-10)
+
+
+def test_log_bessel_matches_naive_series_forward_and_gradient() -> None:
+    x = torch.tensor([0.3, 2.0, 7.5, 25.0], dtype=F64, requires_grad=True)
+    for v in [0.0, 0.5, 1.0, 7.0, 63.0]:
+        fast = log_bessel_iv(v, x)
+        naive = _naive_log_iv(v, x)
+        torch.testing.assert_close(fast, naive, rtol=1e-11, atol=1e-11)
+        g_fast, = torch.autograd.grad(fast.sum(), x)
+        g_naive, = torch.autograd.grad(naive.sum(), x)
+        torch.testing.assert_close(g_fast, g_naive, rtol=1e-10, atol=1e-12)
+
+
+def test_gradcheck_bessel_functions() -> None:
+    x = torch.tensor([0.01, 0.7, 5.0, 300.0], dtype=F64, requires_grad=True)
+    for v in [0.0, 1.5, 200.0]:
+        assert torch.autograd.gradcheck(lambda t: log_bessel_iv(v, t), (x,))
+        assert torch.autograd.gradcheck(lambda t: bessel_ratio(v, t), (x,))
+
+
+def test_stability_grid_float64_and_float32() -> None:
+    for dtype in (F64, torch.float32):
+        kappa = torch.tensor(KAPPAS, dtype=dtype, requires_grad=True)
+        for d in DIMS:
+            a = mean_resultant_length(kappa, d)
+            kl = vmf_kl_uniform(kappa, d)
+            h = vmf_entropy(kappa, d)
+            c = log_vmf_normalizer(kappa, d)
+            for t in (a, kl, h, c):
+                assert t.dtype == dtype and torch.isfinite(t).all(), (d, dtype, t)
+            assert ((a > 0) & (a < 1)).all()
+            assert (kl >= 0).all() and (kl[1:] >= kl[:-1]).all(), "KL must grow with kappa"
+            (g,) = torch.autograd.grad((kl + a + c).sum(), kappa)
+            assert torch.isfinite(g).all()
+
+
+def test_small_and_large_kappa_limits() -> None:
+    # KL ~ kappa^2 / (2d) as kappa -> 0, E[w] ~ kappa / d
+    for d in [2, 4, 128]:
+        k = torch.tensor(1e-3, dtype=F64)
+        torch.testing.assert_close(vmf_kl_uniform(k, d), k**2 / (2 * d), rtol=1e-3, atol=0)
+        torch.testing.assert_close(mean_resultant_length(k, d), k / d, rtol=1e-3, atol=0)
+    # kappa = 0 is the uniform distribution
+    assert vmf_kl_uniform(torch.tensor(0.0, dtype=F64), 5).item() == 0.0
+    torch.testing.assert_close(
+        log_vmf_normalizer(torch.tensor(0.0, dtype=F64), 5), torch.tensor(-log_sphere_area(5), dtype=F64)
+    )
+
+
+# ---------------------------------------------------------------- density, entropy, KL
+@pytest.mark.parametrize("d,kappa", [(2, 0.5), (3, 1.0), (4, 20.0), (16, 10.0), (128, 100.0), (512, 300.0)])
+def test_log_prob_and_entropy_match_scipy(d: int, kappa: float) -> None:
+    mu = _unit(d, seed=d)
+    ref = stats.vonmises_fisher(mu.numpy(), kappa)
+    x = torch.tensor(ref.rvs(7, random_state=1), dtype=F64)
+    q = VonMisesFisher(mu, torch.tensor(kappa, dtype=F64))
+    np.testing.assert_allclose(q.log_prob(x).numpy(), ref.logpdf(x.numpy()), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(q.entropy().item(), ref.entropy(), rtol=1e-10, atol=1e-10)
+
+
+def test_where_scipy_overflows_we_match_the_series() -> None:
+    # scipy's logpdf uses log(ive(d/2-1, kappa)), which underflows to log(0) at d=512, kappa=3
+    d, kappa = 512, 3.0
+    mu = _unit(d)
+    with np.errstate(divide="ignore"):
+        assert not np.isfinite(stats.vonmises_fisher(mu.numpy(), kappa).logpdf(mu.numpy()))
+    k = torch.tensor(kappa, dtype=F64)
+    v = d / 2 - 1
+    naive = v * torch.log(k) - d / 2 * math.log(2 * math.pi) - _naive_log_iv(v, k)
+    torch.testing.assert_close(log_vmf_normalizer(k, d), naive, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(VonMisesFisher(mu, k).log_prob(mu), naive + k)
+
+
+def test_batch_shapes_and_broadcasting() -> None:
+    mu = _unit(5, batch=(4, 3))
+    kappa = torch.tensor([1.0, 10.0, 100.0], dtype=F64)
+    q = VonMisesFisher(mu, kappa)
+    assert q.batch_shape == (4, 3) and q.event_shape == (5,)
+    z = q.rsample((2,))
+    assert z.shape == (2, 4, 3, 5)
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(2, 4, 3, dtype=F64))
+    assert q.log_prob(z).shape == (2, 4, 3)
+    assert q.mean.shape == (4, 3, 5) and q.entropy().shape == (3,) or q.entropy().shape == (4, 3)
+
+
+def test_kl_article_value_and_digest_table() -> None:
+    kl = torch.distributions.kl_divergence(
+        VonMisesFisher(_unit(4), torch.tensor(20.0, dtype=F64)), HypersphericalUniform(4, dtype=F64)
+    )
+    assert abs(kl.item() - 3.25839) < 5e-6
+    # independent check of the closed form: KL = -H + log|S^{d-1}| with scipy's entropy
+    for d, k in [(3, 1.0), (16, 10.0), (64, 100.0), (128, 100.0)]:
+        ref = -stats.vonmises_fisher(_unit(d).numpy(), k).entropy() + log_sphere_area(d)
+        np.testing.assert_allclose(vmf_kl_uniform(torch.tensor(k, dtype=F64), d).item(), ref, rtol=1e-10)
+    # d = 3 closed form: kappa coth kappa - 1 + log(kappa / sinh kappa)
+    k = torch.tensor(10.0, dtype=F64)
+    torch.testing.assert_close(vmf_kl_uniform(k, 3), k / torch.tanh(k) - 1 + torch.log(k / torch.sinh(k)))
+
+
+def test_kl_matches_monte_carlo_and_does_not_depend_on_mu() -> None:
+    torch.manual_seed(0)
+    d, kappa = 16, torch.tensor(10.0, dtype=F64)
+    prior = HypersphericalUniform(d, dtype=F64)
+    exact = vmf_kl_uniform(kappa, d)
+    for seed in range(3):
+        q = VonMisesFisher(_unit(d, seed=seed), kappa)
+        z = q.sample((20000,))
+        mc = (q.log_prob(z) - prior.log_prob(z)).mean()
+        # MC standard error: kappa * sd(w) / sqrt(n)
+        se = kappa * math.sqrt(1 - 0.4876**2) / math.sqrt(20000)
+        assert abs(mc - exact).item() < 5 * se
+        torch.testing.assert_close(torch.distributions.kl_divergence(q, prior), exact)
+
+
+def test_kl_derivative_is_kappa_times_var_w() -> None:
+    kappa = torch.tensor([0.5, 10.0, 300.0], dtype=F64, requires_grad=True)
+    for d in [3, 16, 256]:
+        (g,) = torch.autograd.grad(vmf_kl_uniform(kappa, d).sum(), kappa)
+        a = mean_resultant_length(kappa.detach(), d)
+        var_w = 1 - a**2 - (d - 1) * a / kappa.detach()
+        assert (var_w > 0).all()
+        torch.testing.assert_close(g, kappa.detach() * var_w, rtol=1e-8, atol=1e-12)
+
+
+# ---------------------------------------------------------------- the density of w and sampling
+@pytest.mark.parametrize("d,kappa", [(2, 1.0), (4, 20.0), (16, 50.0), (128, 100.0)])
+def test_w_density_normalised_and_mean_is_A(d: int, kappa: float) -> None:
+    k = torch.tensor(kappa, dtype=F64)
+
+    def f(w: float) -> float:
+        return math.exp(w_log_density(torch.tensor(w, dtype=F64), k, d).item())
+
+    # for d = 2 use w = cos(theta) to avoid the endpoint singularity
+    if d == 2:
+        mass = integrate.quad(lambda t: f(math.cos(t)) * math.sin(t), 0, math.pi)[0]
+        mean = integrate.quad(lambda t: math.cos(t) * f(math.cos(t)) * math.sin(t), 0, math.pi)[0]
+    else:
+        mass = integrate.quad(f, -1, 1, points=[mean_resultant_length(k, d).item()], limit=200)[0]
+        mean = integrate.quad(lambda w: w * f(w), -1, 1, points=[mean_resultant_length(k, d).item()], limit=200)[0]
+    assert abs(mass - 1) < 1e-8
+    assert abs(mean - mean_resultant_length(k, d).item()) < 1e-8
+
+
+@pytest.mark.parametrize("d,kappa", [(2, 1.0), (3, 20.0), (4, 20.0), (16, 1.0), (128, 20.0), (1024, 1000.0)])
+def test_wood_samples_match_scipy_ks(d: int, kappa: float) -> None:
+    torch.manual_seed(1)
+    n = 20000
+    w, omw = sample_w_wood(torch.full((n,), kappa, dtype=F64), d)
+    torch.testing.assert_close(1 - w, omw, rtol=1e-6, atol=1e-15)
+    if d <= 128:  # two-sample KS against scipy's sampler
+        ref = stats.vonmises_fisher(_unit(d).numpy(), kappa).rvs(n, random_state=2) @ _unit(d).numpy()
+        assert stats.ks_2samp(w.numpy(), ref).pvalue > 0.01
+    # one-sample KS against the exact CDF of eq. (8), tabulated in numpy with w = cos(theta)
+    theta = np.linspace(np.pi, 0, 400001)
+    logf = kappa * np.cos(theta) + (d - 2) * np.log(np.maximum(np.sin(theta), 1e-300))
+    f = np.exp(logf - logf.max())
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (f[1:] + f[:-1]))])
+    cdf /= cdf[-1]
+    assert stats.kstest(w.numpy(), lambda x: np.interp(x, np.cos(theta), cdf)).pvalue > 0.01
+    a = mean_resultant_length(torch.tensor(kappa, dtype=F64), d).item()
+    sd = math.sqrt(1 - a * a - (d - 1) * a / kappa)
+    assert abs(w.mean().item() - a) < 5 * sd / math.sqrt(n)
+
+
+def test_rsample_moments_and_unit_norm() -> None:
+    torch.manual_seed(2)
+    d, kappa = 6, 4.0
+    mu = _unit(d, seed=3)
+    q = VonMisesFisher(mu, kappa)
+    z = q.rsample((40000,))
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(40000, dtype=F64))
+    a = mean_resultant_length(torch.tensor(kappa, dtype=F64), d)
+    torch.testing.assert_close(z.mean(0), a * mu, atol=0.01, rtol=0)
+    second = z.T @ z / z.shape[0]
+    expect = a / kappa * torch.eye(d, dtype=F64) + (1 - d * a / kappa) * torch.outer(mu, mu)
+    torch.testing.assert_close(second, expect, atol=0.01, rtol=0)
+    # the orthogonal part is isotropic: no preferred direction in mu's complement
+    assert q.sample((3,)).requires_grad is False
+
+
+def test_log_prob_cache_and_concentration_gradient() -> None:
+    mu = _unit(4)
+    q = VonMisesFisher(mu, torch.tensor(3.0, dtype=F64))
+    x = q.sample((5,))
+    torch.testing.assert_close(q.log_prob(x), q.log_prob(x))
+    k = torch.tensor(3.0, dtype=F64, requires_grad=True)
+    qk = VonMisesFisher(mu, k)
+    for _ in range(2):  # two backward passes must both work
+        (g,) = torch.autograd.grad(qk.log_prob(x).sum(), k)
+        a = mean_resultant_length(torch.tensor(3.0, dtype=F64), 4)
+        torch.testing.assert_close(g, (x @ mu - a).sum())  # d/dkappa log p = <mu, x> - A_d
+
+
+def test_float32_loc_keeps_dtype_and_large_kappa_stays_on_sphere() -> None:
+    mu = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float32)
+    for kappa in [1e-4, 1e4, 1e5]:
+        z = VonMisesFisher(mu, kappa).rsample((1000,))
+        assert z.dtype == torch.float32 and torch.isfinite(z).all()
+        torch.testing.assert_close(z.norm(dim=-1), torch.ones(1000), atol=1e-5, rtol=0)
+
+
+def test_grid_sampler_bias_shrinks_and_trapezoid_is_better() -> None:
+    torch.manual_seed(3)
+    d, kappa = 4, 20.0
+    a = mean_resultant_length(torch.tensor(kappa, dtype=F64), d).item()
+    g = torch.Generator().manual_seed(0)
+    # same uniforms for both rules: the difference is pure grid error
+    coarse = sample_w_grid(200000, kappa, d, step=1e-2, rule="article", generator=g).mean().item()
+    g.manual_seed(0)
+    trap = sample_w_grid(200000, kappa, d, step=1e-2, rule="trapezoid", generator=g).mean().item()
+    g.manual_seed(0)
+    fine = sample_w_grid(200000, kappa, d, step=1e-5, rule="article", generator=g).mean().item()
+    se = math.sqrt(1 - a * a - (d - 1) * a / kappa) / math.sqrt(200000)
+    assert coarse < a - 10 * se  # left Riemann sum shifts the CDF by one cell: w biased low
+    assert abs(fine - a) < 5 * se
+    assert abs(trap - a) < 5 * se
+
+
+# ---------------------------------------------------------------- gradients
+def test_pathwise_gradient_in_loc_is_exact() -> None:
+    torch.manual_seed(4)
+    d, kappa = 5, 3.0
+    xi = torch.randn(d, dtype=F64) * 2
+    xi.requires_grad_(True)
+    a_vec = torch.randn(d, dtype=F64)
+    mu = xi / xi.norm()
+    z = VonMisesFisher(mu, kappa).rsample((100000,))
+    (g,) = torch.autograd.grad((z @ a_vec).mean(), xi)
+    A = mean_resultant_length(torch.tensor(kappa, dtype=F64), d)
+    m = mu.detach()
+    exact = A * (a_vec - (a_vec @ m) * m) / xi.detach().norm()
+    torch.testing.assert_close(g, exact, atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("d,kappa", [(2, 1.0), (3, 20.0), (5, 2.0), (16, 50.0), (1024, 1e4)])
+def test_implicit_gradient_in_concentration(d: int, kappa: float) -> None:
+    torch.manual_seed(5)
+    k = torch.tensor(kappa, dtype=F64, requires_grad=True)
+    z = VonMisesFisher(_unit(d), k).rsample((20000,))
+    w = z @ _unit(d)
+    (g,) = torch.autograd.grad(w.mean(), k)
+    A = mean_resultant_length(k.detach(), d).item()
+    var_w = 1 - A * A - (d - 1) * A / kappa
+    # d E[w] / d kappa = A'(kappa) = Var[w]; the per-sample dw/dkappa is positive
+    assert torch.isfinite(g) and abs(g.item() - var_w) < 0.03 * var_w
+
+
+@pytest.mark.parametrize("d,kappa", [(2, 1.0), (4, 20.0), (16, 5.0)])
+def test_implicit_dw_dkappa_matches_cdf_finite_difference(d: int, kappa: float) -> None:
+    def cdf(w: float, k: float) -> float:
+        kt = torch.tensor(k, dtype=F64)
+        t0 = math.acos(w)
+        return integrate.quad(
+            lambda t: math.exp(w_log_density(torch.tensor(math.cos(t), dtype=F64), kt, d).item()) * math.sin(t),
+            t0, math.pi, epsabs=1e-13, epsrel=1e-12,
+        )[0]
+
+    A = mean_resultant_length(torch.tensor(kappa, dtype=F64), d).item()
+    ws = torch.tensor([A - 0.2 * (1 - A), A - 0.01, A + 0.3 * (1 - A)], dtype=F64)
+    got = implicit_dw_dkappa(ws, 1 - ws, torch.tensor(kappa, dtype=F64), d)
+    h = 1e-4
+    for w, g in zip(ws.tolist(), got.tolist()):
+        dF = (cdf(w, kappa + h) - cdf(w, kappa - h)) / (2 * h)
+        f = math.exp(w_log_density(torch.tensor(w, dtype=F64), torch.tensor(kappa, dtype=F64), d).item())
+        assert abs(g - (-dF / f)) < 1e-5 * max(1.0, abs(g)), (w, g, -dF / f)
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_input_raises() -> None:
+    mu = _unit(3)
+    with pytest.raises(ValueError, match="concentration"):
+        VonMisesFisher(mu, -1.0)
+    with pytest.raises(ValueError, match="unit-norm"):
+        VonMisesFisher(mu * 1.1, 1.0)
+    with pytest.raises(ValueError, match="d"):
+        VonMisesFisher(torch.ones(1, dtype=F64), 1.0)
+    with pytest.raises(ValueError, match="dim"):
+        HypersphericalUniform(1)
+    with pytest.raises(ValueError, match="dim"):
+        vmf_kl_uniform(1.0, 1)
+    with pytest.raises(ValueError, match="concentration"):
+        vmf_kl_uniform(torch.tensor(float("nan")), 4)
+    with pytest.raises(TypeError, match="dim"):
+        mean_resultant_length(1.0, 3.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="mismatch"):
+        torch.distributions.kl_divergence(VonMisesFisher(mu, 1.0), HypersphericalUniform(4))
+    with pytest.raises(ValueError, match="last dimension"):
+        VonMisesFisher(mu, 1.0).log_prob(torch.ones(4, dtype=F64))
+    with pytest.raises(ValueError, match="rule"):
+        sample_w_grid(10, 1.0, 3, rule="midpoint")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="loc"):
+        VonMisesFisher([1.0, 0.0], 1.0)  # type: ignore[arg-type]
+
+
+def test_uniform_distribution() -> None:
+    u = HypersphericalUniform(7, dtype=F64)
+    x = u.sample((5000,))
+    torch.testing.assert_close(x.norm(dim=-1), torch.ones(5000, dtype=F64))
+    assert x.mean(0).abs().max() < 0.06
+    torch.testing.assert_close(u.entropy().item(), -u.log_prob(x[0]).item())
+    np.testing.assert_allclose(u.entropy().item(), stats.uniform_direction(7).entropy() if hasattr(
+        stats.uniform_direction(7), "entropy") else log_sphere_area(7))
+
+
+# ---------------------------------------------------------------- the experiment's model
+@pytest.mark.parametrize("latent", ["vmf", "gauss"])
+def test_full_config_takes_one_step(latent: str) -> None:
+    torch.manual_seed(6)
+    cfg = configs()["full"]
+    cfg.latent = latent
+    model = VAE(784, cfg)
+    x = (torch.rand(4, 784) > 0.5).float()  # a tiny slice shaped like Fashion-MNIST
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    nll, kl = model(x)
+    loss = (nll + kl).mean()
+    opt.zero_grad()
+    loss.backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()
+    assert torch.isfinite(loss)
+    assert any((p.detach() != b).any() for p, b in zip(model.parameters(), before))
+    if latent == "vmf":
+        torch.testing.assert_close(kl, torch.full_like(kl, vmf_kl_uniform(cfg.kappa, cfg.dim).item()))
+
+
+def test_decoder_is_autoregressive() -> None:
+    torch.manual_seed(7)
+    model = VAE(64, configs()["smoke"])
+    x = torch.rand(1, 64, requires_grad=True)
+    z = torch.randn(1, 3)
+    logits = model.decoder(x, z)
+    for i in [0, 10, 63]:
+        (g,) = torch.autograd.grad(logits[0, i], x, retain_graph=True)
+        assert (g[0, i:] == 0).all(), "pixel i must not see pixels >= i"
+
+
+def test_fashion_mnist_missing_names_the_package(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist(str(tmp_path))
