@@ -1,0 +1,1162 @@
+"""Exact gradient accumulation for in-batch contrastive losses (book chapter 07).
+
+Source: Su Jianlin, "对比学习可以使用梯度累积吗？" (Can contrastive learning use
+gradient accumulation?), Scientific Spaces, 2021-06-17,
+https://kexue.fm/archives/8471. The same computation is GradCache
+(Gao, Zhang, Han, Callan, arXiv:2101.06983).
+
+An in-batch contrastive loss ``L(h_1, ..., h_N)`` couples every row with every
+other row, so summing the losses of micro-batches is a different (weaker)
+objective. The exact large-batch gradient is still reachable with one micro-batch
+of activations in memory, because by the chain rule
+
+    grad_theta L = sum_i J_i(theta)^T dL/dh_i                      (eq. ch07-chain)
+
+and ``dL/dh_i`` (Su's ``h~_i``) needs only the embeddings, not the graph:
+
+1. encode every micro-batch without a graph and cache the embeddings, recording
+   the RNG state before each micro-batch;
+2. evaluate the loss on the cached embeddings (detached leaves) and back-propagate
+   to them: the leaves' ``.grad`` are ``dL/dh``; parameters that live inside the
+   loss (a learnable temperature) get their whole gradient here, once;
+3. re-encode each micro-batch with a graph under its recorded RNG state (so the
+   dropout masks match) and back-propagate ``dL/dh`` of that micro-batch.
+
+Public API
+----------
+* losses: :func:`info_nce`, :func:`symmetric_info_nce`, :func:`simcse_loss`, and
+  their loop references :func:`info_nce_reference`, :func:`simcse_loss_reference`;
+  Su's closed form :func:`simcse_embedding_grad` and the stop-gradient surrogate
+  :func:`simcse_surrogate`; :class:`LogitScale` (learnable temperature).
+* accumulation: :func:`contrastive_backward` (the two-pass method),
+  :func:`full_batch_backward` (its definition of "exact"),
+  :func:`naive_accumulation_backward` (per-micro-batch losses, the biased way),
+  :func:`openclip_style_backward` (a replica of a peer's scheme, for the notebook).
+* distributed: :func:`all_gather_with_grad`, :func:`distributed_contrastive_backward`,
+  :func:`rank_streams_reference_backward`, :func:`spawn_gloo`,
+  :func:`run_distributed_check`.
+* tools: :class:`SentenceEncoder`, :func:`check_no_batchnorm`,
+  :class:`SavedTensorMeter`, :class:`AccumulationConfig`, :func:`configs`,
+  :func:`config`.
+
+See: book chapter 07 (``book/07_contrastive_accumulation.md``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "info_nce",
+    "symmetric_info_nce",
+    "simcse_loss",
+    "info_nce_reference",
+    "simcse_loss_reference",
+    "simcse_targets",
+    "simcse_embedding_grad",
+    "simcse_surrogate",
+    "LogitScale",
+    "SentenceEncoder",
+    "check_no_batchnorm",
+    "contrastive_backward",
+    "full_batch_backward",
+    "naive_accumulation_backward",
+    "openclip_style_backward",
+    "all_gather_with_grad",
+    "distributed_contrastive_backward",
+    "rank_streams_reference_backward",
+    "spawn_gloo",
+    "run_distributed_check",
+    "build_check_model",
+    "SavedTensorMeter",
+    "grad_vector",
+    "relative_error",
+    "AccumulationConfig",
+    "configs",
+    "config",
+    "load_sentence_encoder",
+    "pair_rows",
+    "embed_sentences",
+    "sts_spearman",
+    "train_simcse",
+    "activation_peak",
+    "plot_memory",
+    "plot_losses",
+    "source_without_docstring",
+]
+
+Inputs = Tensor | Sequence[Tensor]
+LossFn = Callable[..., Tensor]
+
+
+# ---------------------------------------------------------------------------
+# argument checks
+# ---------------------------------------------------------------------------
+def _check_temperature(temperature: float | Tensor) -> float | Tensor:
+    """A positive float, or a positive 0-d floating tensor (a learnable temperature)."""
+    if isinstance(temperature, Tensor):
+        if temperature.numel() != 1 or not temperature.is_floating_point():
+            raise ValueError(
+                f"temperature must be a positive float or a 0-d floating tensor, got a "
+                f"{temperature.dtype} tensor of shape {tuple(temperature.shape)}"
+            )
+        return temperature.reshape(())
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a float or a tensor, got {type(temperature).__name__}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be positive and finite, got {temperature!r}")
+    return float(temperature)
+
+
+def _check_embeddings(name: str, x: Any, min_rows: int = 1) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
+    if x.dim() != 2 or not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating tensor of shape (rows, dim), got {x.dtype} {tuple(x.shape)}")
+    if x.shape[0] < min_rows:
+        raise ValueError(f"{name} must have at least {min_rows} rows, got {x.shape[0]}")
+    return x
+
+
+def _similarity(a: Tensor, b: Tensor, normalize: bool) -> Tensor:
+    if normalize:
+        a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    return a @ b.T  # (rows_a, rows_b)
+
+
+# ---------------------------------------------------------------------------
+# losses
+# ---------------------------------------------------------------------------
+def info_nce(a: Tensor, b: Tensor, temperature: float | Tensor = 0.05, *, normalize: bool = True) -> Tensor:
+    r"""In-batch InfoNCE: row ``i`` of ``a`` must pick row ``i`` of ``b`` among all rows of ``b``.
+
+    .. math:: \mathcal L = -\frac1N\sum_i \log\frac{e^{s(a_i,b_i)/\tau}}{\sum_j e^{s(a_i,b_j)/\tau}}
+
+    Args:
+        a, b: ``(N, d)`` floating tensors (queries and their positives).
+        temperature: ``tau > 0``; a float, or a 0-d tensor (learnable, see :class:`LogitScale`).
+        normalize: cosine similarity (``True``) or the plain inner product (``False``).
+
+    See: book chapter 07, eq. ``ch07-infonce``.
+    """
+    _check_embeddings("a", a)
+    _check_embeddings("b", b)
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    tau = _check_temperature(temperature)
+    logits = _similarity(a, b, normalize) / tau  # (N, N)
+    return F.cross_entropy(logits, torch.arange(a.shape[0], device=a.device))
+
+
+def symmetric_info_nce(
+    a: Tensor, b: Tensor, temperature: float | Tensor = 0.05, *, normalize: bool = True
+) -> Tensor:
+    r"""CLIP's symmetric InfoNCE: the mean of ``a -> b`` and ``b -> a`` InfoNCE.
+
+    .. math:: \mathcal L = \tfrac12\big(\mathrm{CE}(S/\tau) + \mathrm{CE}(S^\top/\tau)\big),\quad S_{ij} = s(a_i, b_j)
+
+    See: book chapter 07, eq. ``ch07-infonce``.
+    """
+    _check_embeddings("a", a)
+    _check_embeddings("b", b)
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    tau = _check_temperature(temperature)
+    logits = _similarity(a, b, normalize) / tau  # (N, N)
+    target = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def simcse_targets(rows: int, device: torch.device | None = None) -> Tensor:
+    """Index of each row's positive in the adjacent-pair layout: ``i XOR 1`` (0<->1, 2<->3, ...)."""
+    return torch.arange(rows, device=device) ^ 1
+
+
+def simcse_loss(h: Tensor, temperature: float | Tensor = 0.05, *, normalize: bool = True) -> Tensor:
+    r"""Unsupervised SimCSE loss in the article's layout: sentence ``k`` sits on rows ``2k`` and ``2k+1``.
+
+    Every row is a query; its positive is its partner row ``i XOR 1``; all other
+    ``2N-2`` rows are negatives; the row itself is masked out of the softmax.
+
+    .. math:: \mathcal L = -\frac1{2N}\sum_i \log\frac{e^{s_{i,i\oplus1}/\tau}}{\sum_{j\ne i} e^{s_{ij}/\tau}}
+
+    Args:
+        h: ``(2N, d)`` floating tensor, two views (dropout passes) of each sentence on adjacent rows.
+        temperature: ``tau > 0`` (0.05 in SimCSE); float or 0-d tensor.
+        normalize: cosine (``True``, SimCSE) or inner-product (``False``, the derivation's) similarity.
+
+    See: book chapter 07, eq. ``ch07-simcse``; chapter 01 uses it for SimCSE.
+    """
+    _check_embeddings("h", h, min_rows=2)
+    if h.shape[0] % 2:
+        raise ValueError(f"h must have an even number of rows (two views per sentence), got {h.shape[0]}")
+    tau = _check_temperature(temperature)
+    rows = h.shape[0]
+    eye = torch.eye(rows, dtype=torch.bool, device=h.device)
+    logits = (_similarity(h, h, normalize) / tau).masked_fill(eye, float("-inf"))  # (2N, 2N)
+    return F.cross_entropy(logits, simcse_targets(rows, h.device))
+
+
+def info_nce_reference(a: Tensor, b: Tensor, temperature: float | Tensor = 0.05, *, normalize: bool = True) -> Tensor:
+    """Formula-level :func:`info_nce`: a Python loop over rows with ``exp`` and ``log`` (slow; for tests)."""
+    tau = _check_temperature(temperature)
+    if normalize:
+        a, b = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
+    total = a.new_zeros(())
+    for i in range(a.shape[0]):
+        scores = torch.stack([torch.dot(a[i], b[j]) / tau for j in range(b.shape[0])])
+        total = total - torch.log(torch.exp(scores[i]) / torch.exp(scores).sum())
+    return total / a.shape[0]
+
+
+def simcse_loss_reference(h: Tensor, temperature: float | Tensor = 0.05, *, normalize: bool = True) -> Tensor:
+    """Formula-level :func:`simcse_loss`: loops over rows ``i`` and candidates ``j != i`` (slow; for tests)."""
+    tau = _check_temperature(temperature)
+    if normalize:
+        h = h / h.norm(dim=-1, keepdim=True)
+    rows = h.shape[0]
+    total = h.new_zeros(())
+    for i in range(rows):
+        positive = torch.exp(torch.dot(h[i], h[i ^ 1]) / tau)
+        denominator = sum(torch.exp(torch.dot(h[i], h[j]) / tau) for j in range(rows) if j != i)
+        total = total - torch.log(positive / denominator)
+    return total / rows
+
+
+def _simcse_probabilities(h: Tensor, tau: float | Tensor) -> tuple[Tensor, Tensor]:
+    rows = h.shape[0]
+    eye = torch.eye(rows, dtype=torch.bool, device=h.device)
+    p = torch.softmax((h @ h.T / tau).masked_fill(eye, float("-inf")), dim=-1)  # (2N, 2N), p_ii = 0
+    t = F.one_hot(simcse_targets(rows, h.device), rows).to(h.dtype)  # symmetric 0/1 matrix
+    return p, t
+
+
+def simcse_embedding_grad(h: Tensor, temperature: float | Tensor = 0.05) -> Tensor:
+    r"""Su's closed form :math:`\tilde h = \partial\mathcal L/\partial h` for the inner-product SimCSE loss.
+
+    .. math:: \tilde{\boldsymbol h}_i = \frac{1}{2N\tau}\sum_j (p_{ij} + p_{ji} - 2t_{ij})\,\boldsymbol h_j,
+              \quad\text{i.e. } \tilde H = \frac{(P + P^\top - 2T)H}{2N\tau}
+
+    for :func:`simcse_loss` with ``normalize=False`` and mean reduction over the ``2N`` rows.
+
+    See: book chapter 07, eq. ``ch07-htilde``.
+    """
+    _check_embeddings("h", h, min_rows=2)
+    tau = _check_temperature(temperature)
+    with torch.no_grad():
+        p, t = _simcse_probabilities(h, tau)
+        return (p + p.T - 2 * t) @ h / (h.shape[0] * tau)
+
+
+def simcse_surrogate(h: Tensor, temperature: float | Tensor = 0.05) -> Tensor:
+    r"""Su's stop-gradient surrogate :math:`\frac1{2N}\sum_{ij}(p^{sg}_{ij} - t_{ij})\,s_{ij}`, ``s = h h^T/tau``.
+
+    Its gradient in ``h`` equals that of the inner-product :func:`simcse_loss`; its value does not.
+
+    See: book chapter 07, eq. ``ch07-surrogate``.
+    """
+    _check_embeddings("h", h, min_rows=2)
+    tau = _check_temperature(temperature)
+    with torch.no_grad():
+        p, t = _simcse_probabilities(h, tau)
+    rows = h.shape[0]
+    eye = torch.eye(rows, dtype=torch.bool, device=h.device)
+    s = (h @ h.T / tau).masked_fill(eye, 0.0)  # the diagonal never enters the loss
+    return ((p - t) * s).sum() / rows
+
+
+class LogitScale(nn.Module):
+    """A learnable temperature stored as ``log_scale = log(1/tau)`` (CLIP's parameterisation).
+
+    ``temperature()`` returns ``tau = exp(-log_scale)`` as a 0-d tensor to pass to the losses.
+
+    See: book chapter 07, section "A parameter inside the loss".
+    """
+
+    def __init__(self, temperature: float = 0.05, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        _check_temperature(temperature)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature), dtype=dtype))
+
+    def temperature(self) -> Tensor:
+        return torch.exp(-self.log_scale)
+
+    def forward(self) -> Tensor:
+        return self.temperature()
+
+
+# ---------------------------------------------------------------------------
+# a sentence encoder around kexue.nn.TransformerEncoder
+# ---------------------------------------------------------------------------
+class SentenceEncoder(nn.Module):
+    """Token ids ``(batch, seq)`` -> one vector per sentence ``(batch, dim)``.
+
+    The mask is ``input_ids != pad_token_id``; pooling is the mean over real tokens
+    (``"mean"``) or the first token (``"cls"``).
+    """
+
+    def __init__(self, encoder: nn.Module, pooling: str = "mean", pad_token_id: int = 0) -> None:
+        super().__init__()
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        self.encoder = encoder
+        self.pooling = pooling
+        self.pad_token_id = pad_token_id
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        mask = input_ids != self.pad_token_id  # (batch, seq)
+        hidden = self.encoder(input_ids, mask)  # (batch, seq, dim)
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        weights = mask.to(hidden.dtype).unsqueeze(-1)  # (batch, seq, 1)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+# ---------------------------------------------------------------------------
+# RNG snapshots (CPU plus every accelerator device the encoder or inputs touch)
+# ---------------------------------------------------------------------------
+def _rng_devices(encoder: nn.Module, tensors: Iterable[Tensor]) -> list[torch.device]:
+    """Non-CPU devices holding the encoder's parameters/buffers or the inputs.
+
+    Taking the parameters' devices as well as the inputs' avoids the GradCache /
+    sentence-transformers bug class where non-tensor (or CPU) inputs left the CUDA
+    RNG unreplayed.
+    """
+    seen: dict[tuple[str, int | None], torch.device] = {}
+    for t in list(encoder.parameters()) + list(encoder.buffers()) + list(tensors):
+        d = t.device
+        if d.type in ("cpu", "meta"):
+            continue
+        if d.index is None and d.type != "mps":
+            d = torch.device(d.type, torch.get_device_module(d.type).current_device())
+        seen[(d.type, d.index)] = d
+    return list(seen.values())
+
+
+class _RngState:
+    """A snapshot of the CPU RNG and the RNG of each listed accelerator device."""
+
+    def __init__(self, devices: Sequence[torch.device]) -> None:
+        self.cpu = torch.get_rng_state()
+        self.devices = [(d, torch.get_device_module(d.type).get_rng_state(d)) for d in devices]
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        for device, state in self.devices:
+            torch.get_device_module(device.type).set_rng_state(state, device)
+
+
+# ---------------------------------------------------------------------------
+# input checks shared by every accumulation routine
+# ---------------------------------------------------------------------------
+def check_no_batchnorm(encoder: nn.Module) -> None:
+    """Raise ``ValueError`` if ``encoder`` has a BatchNorm layer in training mode.
+
+    Training-mode BatchNorm normalises each micro-batch with that micro-batch's
+    statistics, which couples samples inside the encoder; no accumulation scheme
+    can then reproduce full-batch BatchNorm. (Eval-mode BatchNorm is per-sample and fine.)
+    """
+    for name, module in encoder.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+            raise ValueError(
+                f"encoder contains a BatchNorm layer in training mode ({name or 'the encoder itself'}: "
+                f"{type(module).__name__}): its batch statistics couple the samples of a micro-batch, so "
+                "the full-batch gradient cannot be reproduced by accumulation. Use LayerNorm, or put the "
+                "BatchNorm layers in eval mode."
+            )
+
+
+def _prepare(encoder: Any, inputs: Any, micro_batch_size: Any) -> tuple[tuple[Tensor, ...], int]:
+    if not isinstance(encoder, nn.Module):
+        raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
+    if isinstance(inputs, Tensor):
+        inputs = (inputs,)
+    elif isinstance(inputs, (tuple, list)):
+        if len(inputs) == 0:
+            raise ValueError("inputs must be a tensor or a non-empty tuple of tensors, got an empty tuple")
+        for i, x in enumerate(inputs):
+            if not isinstance(x, Tensor):
+                raise TypeError(f"inputs[{i}] must be a tensor, got {type(x).__name__}")
+        inputs = tuple(inputs)
+    else:
+        raise TypeError(f"inputs must be a tensor or a tuple of tensors, got {type(inputs).__name__}")
+    for i, x in enumerate(inputs):
+        if x.dim() == 0:
+            raise ValueError(f"inputs[{i}] must have a batch dimension, got a 0-d tensor")
+        if x.shape[0] == 0:
+            raise ValueError(f"inputs[{i}] is empty (batch size 0)")
+    lengths = [x.shape[0] for x in inputs]
+    if len(set(lengths)) != 1:
+        raise ValueError(f"all inputs must have the same batch size, got {lengths}")
+    if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int):
+        raise TypeError(f"micro_batch_size must be an int, got {type(micro_batch_size).__name__}")
+    if micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+    if lengths[0] % micro_batch_size:
+        raise ValueError(
+            f"micro_batch_size ({micro_batch_size}) must divide the batch size ({lengths[0]}) so that "
+            "every micro-batch has the same shape"
+        )
+    check_no_batchnorm(encoder)
+    return inputs, lengths[0] // micro_batch_size
+
+
+def _check_output(out: Any, rows: int) -> Tensor:
+    if not isinstance(out, Tensor) or out.dim() < 1 or out.shape[0] != rows:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"encoder must return a tensor with one row per input row ({rows}), got {shape}")
+    return out
+
+
+def _check_loss(loss: Any) -> Tensor:
+    if not isinstance(loss, Tensor) or loss.numel() != 1 or not loss.is_floating_point():
+        what = f"{loss.dtype} tensor of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
+        raise ValueError(f"loss_fn must return a floating scalar tensor, got {what}")
+    if not torch.isfinite(loss.detach()).all():
+        raise ValueError(f"loss_fn returned a non-finite loss ({loss.item()})")
+    return loss.reshape(())
+
+
+# ---------------------------------------------------------------------------
+# single process
+# ---------------------------------------------------------------------------
+def _encode_no_grad(
+    encoder: nn.Module, inputs: tuple[Tensor, ...], micro_batch_size: int, devices: list[torch.device]
+) -> tuple[list[list[Tensor]], list[list[_RngState]]]:
+    """Pass 1: every micro-batch, input-major order, no graph; RNG snapshot before each."""
+    cached: list[list[Tensor]] = []
+    states: list[list[_RngState]] = []
+    with torch.no_grad():
+        for x in inputs:
+            cached.append([])
+            states.append([])
+            for chunk in x.split(micro_batch_size):
+                states[-1].append(_RngState(devices))
+                cached[-1].append(_check_output(encoder(chunk), chunk.shape[0]))
+    return cached, states
+
+
+def _replay_backward(
+    encoder: nn.Module,
+    inputs: tuple[Tensor, ...],
+    grads: list[Tensor | None],
+    states: list[list[_RngState]] | None,
+    micro_batch_size: int,
+) -> None:
+    """Pass 2: re-encode each micro-batch (under its recorded RNG) and back-propagate its dL/dh."""
+    with torch.enable_grad():
+        for i, x in enumerate(inputs):
+            if grads[i] is None:  # the loss does not depend on this input
+                continue
+            for k, (chunk, g) in enumerate(zip(x.split(micro_batch_size), grads[i].split(micro_batch_size))):
+                if states is not None:
+                    states[i][k].restore()
+                out = encoder(chunk)
+                if out.requires_grad:
+                    out.backward(g.to(out.dtype))  # vector-Jacobian product J_k^T dL/dh_k
+
+
+def contrastive_backward(
+    encoder: nn.Module,
+    inputs: Inputs,
+    loss_fn: LossFn,
+    micro_batch_size: int,
+    *,
+    replay_rng: bool = True,
+) -> Tensor:
+    r"""Accumulate into ``.grad`` the exact full-batch gradient of ``loss_fn``, one micro-batch at a time.
+
+    Args:
+        encoder: module mapping one micro-batch of an input to embeddings ``(rows, ...)``.
+            It must not contain training-mode BatchNorm (``ValueError``).
+        inputs: a tensor, or a tuple of tensors with equal length ``N`` (e.g. queries and
+            documents); each is split along dim 0 into micro-batches of ``micro_batch_size``.
+        loss_fn: ``loss_fn(*embeddings) -> scalar``, one full-batch embedding tensor per input.
+            Parameters it uses (a learnable temperature) receive their gradient exactly once.
+        micro_batch_size: rows per micro-batch; must divide ``N``.
+        replay_rng: restore each micro-batch's RNG state in the second pass (keep ``True``;
+            ``False`` exists to show what goes wrong without it).
+
+    Returns:
+        The full-batch loss, detached.
+
+    "Exact" means: with the same RNG seed, the accumulated gradient equals that of
+    :func:`full_batch_backward` (encode the same micro-batches in the same order inside
+    one graph, then call ``backward`` once), dropout included. Activations of only one
+    micro-batch are alive at a time; the cost is one extra forward pass without a graph.
+    After the call the global RNG is where :func:`full_batch_backward` would leave it.
+
+    .. math:: \nabla_\theta\mathcal L = \sum_k J_k(\theta)^\top\,\frac{\partial\mathcal L}{\partial H_k}
+
+    See: book chapter 07, eqs. ``ch07-chain`` and ``ch07-htilde``, section "The two-pass algorithm".
+    """
+    inputs, _ = _prepare(encoder, inputs, micro_batch_size)
+    devices = _rng_devices(encoder, inputs)
+    cached, states = _encode_no_grad(encoder, inputs, micro_batch_size, devices)
+    after_pass_1 = _RngState(devices)
+
+    leaves = [torch.cat(chunks).detach().requires_grad_(True) for chunks in cached]
+    del cached
+    with torch.enable_grad():
+        loss = _check_loss(loss_fn(*leaves))
+        loss.backward()  # dL/dh into the leaves, dL/d(loss parameters) into their .grad, once
+    grads = [leaf.grad for leaf in leaves]
+    del leaves
+
+    _replay_backward(encoder, inputs, grads, states if replay_rng else None, micro_batch_size)
+    after_pass_1.restore()
+    return loss.detach()
+
+
+def full_batch_backward(encoder: nn.Module, inputs: Inputs, loss_fn: LossFn, micro_batch_size: int | None = None) -> Tensor:
+    """The reference that defines exactness: encode the micro-batches in :func:`contrastive_backward`'s
+    order (input-major, then micro-batch) inside one autograd graph, concatenate, call ``backward`` once.
+
+    With ``micro_batch_size=None`` each input is encoded in one call (a plain full-batch step).
+    All activations of the whole batch are alive at once.
+
+    See: book chapter 07, section "What exact means".
+    """
+    n = inputs.shape[0] if isinstance(inputs, Tensor) else (inputs[0].shape[0] if len(inputs) else 0)
+    inputs, _ = _prepare(encoder, inputs, n if micro_batch_size is None else micro_batch_size)
+    size = inputs[0].shape[0] if micro_batch_size is None else micro_batch_size
+    with torch.enable_grad():
+        embeddings = [
+            torch.cat([_check_output(encoder(chunk), chunk.shape[0]) for chunk in x.split(size)]) for x in inputs
+        ]
+        loss = _check_loss(loss_fn(*embeddings))
+        loss.backward()
+    return loss.detach()
+
+
+def naive_accumulation_backward(encoder: nn.Module, inputs: Inputs, loss_fn: LossFn, micro_batch_size: int) -> Tensor:
+    r"""Ordinary gradient accumulation: each micro-batch is its own contrastive problem.
+
+    Accumulates :math:`\frac1n\sum_k \nabla_\theta\mathcal L(H_k)` (negatives only from the same
+    micro-batch). This is a *different* objective from the full-batch loss; it is here to be
+    compared against :func:`contrastive_backward`. Returns the mean micro-batch loss.
+
+    See: book chapter 07, eq. ``ch07-naive``.
+    """
+    inputs, n_micro = _prepare(encoder, inputs, micro_batch_size)
+    total = 0.0
+    with torch.enable_grad():
+        for chunks in zip(*(x.split(micro_batch_size) for x in inputs)):
+            loss = _check_loss(loss_fn(*(encoder(c) for c in chunks))) / n_micro
+            loss.backward()
+            total = total + loss.detach()
+    return total
+
+
+def openclip_style_backward(
+    encoder: nn.Module, inputs: Inputs, loss_fn: LossFn, micro_batch_size: int, *, replay_rng: bool = False
+) -> Tensor:
+    """A replica of open_clip's ``--accum-freq`` scheme (its PR #267), for the chapter's peer check.
+
+    Pass 1 caches all embeddings without a graph. Then, for each micro-batch ``k``, it
+    re-encodes ``k`` with a graph, splices it into the cached embeddings, evaluates the
+    **full** loss and calls ``backward``. Encoder gradients come out exact (each pass
+    contributes ``J_k^T dL/dH_k``), but a parameter inside the loss (``logit_scale``)
+    receives ``dL/d(scale)`` once per micro-batch: ``n`` times too much. open_clip does not
+    replay the RNG (``replay_rng=False``), so it is exact only for deterministic encoders.
+
+    See: book chapter 07, section "A parameter inside the loss".
+    """
+    inputs, _ = _prepare(encoder, inputs, micro_batch_size)
+    devices = _rng_devices(encoder, inputs)
+    cached, states = _encode_no_grad(encoder, inputs, micro_batch_size, devices)
+    loss = None
+    with torch.enable_grad():
+        for i, x in enumerate(inputs):
+            for k, chunk in enumerate(x.split(micro_batch_size)):
+                if replay_rng:
+                    states[i][k].restore()
+                live = encoder(chunk)
+                embeddings = [
+                    torch.cat([live if (j == i and m == k) else c for m, c in enumerate(chunks)])
+                    for j, chunks in enumerate(cached)
+                ]
+                loss = _check_loss(loss_fn(*embeddings))
+                loss.backward()
+    assert loss is not None
+    return loss.detach()
+
+
+# ---------------------------------------------------------------------------
+# distributed (torch.distributed; tested with gloo on CPU)
+# ---------------------------------------------------------------------------
+class _AllGatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, group: Any) -> Tensor:
+        import torch.distributed as dist
+
+        ctx.group = group
+        ctx.rank = dist.get_rank(group)
+        ctx.rows = x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows], None
+
+
+def all_gather_with_grad(x: Tensor, group: Any = None) -> Tensor:
+    r"""Concatenate ``x`` from every rank (rank order) and let gradients flow back to each rank's slice.
+
+    Backward sums the incoming gradient over ranks and returns this rank's slice: the
+    adjoint of the gather for the objective :math:`\sum_r \mathcal L_r` (one loss per rank).
+    When every rank computes the *same* global loss, each rank's slice receives
+    :math:`W\,\partial\mathcal L/\partial H_r`, and DDP's gradient *averaging* over the
+    :math:`W` ranks then yields exactly :math:`\nabla_\theta\mathcal L` (Princeton SimCSE's recipe).
+
+    See: book chapter 07, section "Many processes".
+    """
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise ValueError("all_gather_with_grad needs an initialised torch.distributed process group")
+    return _AllGatherWithGrad.apply(x, group)
+
+
+def distributed_contrastive_backward(
+    encoder: nn.Module,
+    inputs: Inputs,
+    loss_fn: LossFn,
+    micro_batch_size: int,
+    *,
+    group: Any = None,
+    replay_rng: bool = True,
+) -> Tensor:
+    r""":func:`contrastive_backward` over ``W`` processes: exact for the global batch.
+
+    Each rank passes its local shard (the same ``N`` on every rank). Embeddings are
+    all-gathered (rank order), every rank evaluates the global loss and its gradient
+    with respect to all embeddings, back-propagates its own slice
+    :math:`\partial\mathcal L/\partial H_r` through its micro-batches, and the encoder
+    gradients are summed over ranks. Afterwards every rank's encoder ``.grad`` holds
+    :math:`\nabla_\theta\mathcal L` of the global batch (added to what was there), and
+    parameters inside ``loss_fn`` hold their exact gradient (computed identically on each
+    rank, not summed). Pass the plain module, not a ``DistributedDataParallel`` wrapper:
+    this function does the gradient reduction itself.
+
+    See: book chapter 07, section "Many processes".
+    """
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise ValueError("distributed_contrastive_backward needs an initialised torch.distributed process group")
+    if isinstance(encoder, nn.parallel.DistributedDataParallel):
+        raise TypeError(
+            "encoder must be the plain module, not DistributedDataParallel: "
+            "distributed_contrastive_backward reduces the gradients itself"
+        )
+    inputs, _ = _prepare(encoder, inputs, micro_batch_size)
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    rows = inputs[0].shape[0]
+    # collective tensors live on the encoder's device (NCCL needs CUDA tensors, gloo takes CPU ones)
+    where = next(iter(encoder.parameters()), inputs[0]).device
+    sizes = [torch.zeros(1, dtype=torch.int64, device=where) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([rows], device=where), group=group)
+    if any(int(s) != rows for s in sizes):
+        raise ValueError(f"every rank must pass the same local batch size, got {[int(s) for s in sizes]}")
+
+    devices = _rng_devices(encoder, inputs)
+    cached, states = _encode_no_grad(encoder, inputs, micro_batch_size, devices)
+    after_pass_1 = _RngState(devices)
+    local = [torch.cat(chunks) for chunks in cached]
+    del cached
+    gathered = []
+    for h in local:
+        parts = [torch.empty_like(h) for _ in range(world)]
+        dist.all_gather(parts, h.contiguous(), group=group)
+        gathered.append(torch.cat(parts).requires_grad_(True))
+
+    with torch.enable_grad():
+        loss = _check_loss(loss_fn(*gathered))
+        loss.backward()  # identical on every rank; loss parameters get their exact gradient here
+    grads = [None if g.grad is None else g.grad[rank * rows : (rank + 1) * rows] for g in gathered]
+    del gathered
+
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    before = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    _replay_backward(encoder, inputs, grads, states if replay_rng else None, micro_batch_size)
+    contributions = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+    if contributions:
+        flat = torch.cat([c.reshape(-1) for c in contributions])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)  # sum_r J_r^T dL/dH_r
+        for p, prev, piece in zip(params, before, flat.split([c.numel() for c in contributions])):
+            piece = piece.view_as(p)
+            p.grad = piece.clone() if prev is None else prev + piece
+    after_pass_1.restore()
+    return loss.detach()
+
+
+def rank_streams_reference_backward(
+    encoder: nn.Module,
+    shards: Sequence[Inputs],
+    loss_fn: LossFn,
+    micro_batch_size: int,
+    seeds: Sequence[int],
+) -> Tensor:
+    """One-process reference for :func:`distributed_contrastive_backward` with dropout on.
+
+    Shard ``r`` is encoded (micro-batches in order, inside one graph) right after
+    ``torch.manual_seed(seeds[r])``, the seed rank ``r`` used; the embeddings of all shards
+    are concatenated in rank order per input and ``loss_fn`` is back-propagated once.
+
+    See: book chapter 07, section "Many processes".
+    """
+    if len(shards) != len(seeds) or not shards:
+        raise ValueError(f"shards and seeds must be non-empty and of equal length, got {len(shards)} and {len(seeds)}")
+    per_rank = []
+    with torch.enable_grad():
+        for shard, seed in zip(shards, seeds):
+            shard_inputs, _ = _prepare(encoder, shard, micro_batch_size)
+            torch.manual_seed(seed)
+            per_rank.append([torch.cat([encoder(c) for c in x.split(micro_batch_size)]) for x in shard_inputs])
+        embeddings = [torch.cat(parts) for parts in zip(*per_rank)]
+        loss = _check_loss(loss_fn(*embeddings))
+        loss.backward()
+    return loss.detach()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gloo_entry(rank: int, world_size: int, port: int, out_dir: str, fn: Callable, args: tuple) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
+    try:
+        result = fn(rank, world_size, *args)
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_gloo(fn: Callable, world_size: int = 2, args: tuple = ()) -> list[Any]:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` fresh CPU processes joined by gloo.
+
+    The rendezvous is a free TCP port on 127.0.0.1. ``fn`` must be importable (a module-level
+    function) and return tensors / plain containers; the list of per-rank results is returned.
+    """
+    import torch.multiprocessing as mp
+
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    with tempfile.TemporaryDirectory(prefix="kexue_gloo_") as out_dir:
+        mp.spawn(_gloo_entry, args=(world_size, _free_port(), out_dir, fn, args), nprocs=world_size, join=True)
+        return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
+
+
+def _check_spec(spec: dict[str, Any]) -> None:
+    needed = {"encoder_config", "ids", "micro_batch_size", "seed", "temperature"}
+    missing = needed - set(spec)
+    if missing:
+        raise ValueError(f"spec is missing {sorted(missing)}")
+
+
+def build_check_model(spec: dict[str, Any]) -> tuple[SentenceEncoder, LogitScale]:
+    """The float64 encoder and logit scale of a distributed check, identical on every rank."""
+    from kexue.nn import TransformerConfig, TransformerEncoder
+
+    torch.manual_seed(spec["seed"])
+    encoder = SentenceEncoder(TransformerEncoder(TransformerConfig(**spec["encoder_config"]))).double()
+    scale = LogitScale(spec["temperature"], dtype=torch.float64)
+    return encoder, scale
+
+
+def _distributed_check_worker(rank: int, world_size: int, spec: dict[str, Any]) -> dict[str, Tensor]:
+    """Per rank: the two-pass distributed gradient, and the all_gather_with_grad + averaging one."""
+    import torch.distributed as dist
+
+    encoder, scale = build_check_model(spec)
+    ids: Tensor = spec["ids"]
+    rows = ids.shape[0] // world_size
+    shard = ids[rank * rows : (rank + 1) * rows]
+
+    def loss_fn(h: Tensor) -> Tensor:
+        return simcse_loss(h, scale.temperature())
+
+    torch.manual_seed(spec["seed"] + 1 + rank)
+    loss = distributed_contrastive_backward(encoder, shard, loss_fn, spec["micro_batch_size"])
+    out = {"loss": loss, "log_scale_grad": scale.log_scale.grad.clone()}
+    out.update({f"two_pass.{n}": p.grad.clone() for n, p in encoder.named_parameters()})
+
+    # Princeton SimCSE's DDP recipe: local graph, gather with gradient, full loss, average grads over ranks.
+    encoder.zero_grad(set_to_none=True)
+    scale.zero_grad(set_to_none=True)
+    torch.manual_seed(spec["seed"] + 1 + rank)
+    local = torch.cat([encoder(c) for c in shard.split(spec["micro_batch_size"])])
+    loss_fn(all_gather_with_grad(local)).backward()
+    for n, p in encoder.named_parameters():
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        out[f"gather.{n}"] = p.grad / world_size
+    return out
+
+
+def run_distributed_check(spec: dict[str, Any], world_size: int = 2) -> list[dict[str, Tensor]]:
+    """Spawn ``world_size`` gloo processes; each runs the distributed SimCSE step described by ``spec``.
+
+    ``spec`` holds ``encoder_config`` (a :class:`kexue.nn.TransformerConfig` dict), ``ids``
+    (the global batch of token ids, two views per sentence on adjacent rows), ``micro_batch_size``,
+    ``seed`` and ``temperature``. Rank ``r`` seeds its RNG with ``seed + 1 + r`` before encoding.
+    Returns one dict per rank: ``loss``, ``log_scale_grad``, ``two_pass.<param>`` and
+    ``gather.<param>`` gradients.
+
+    See: book chapter 07, section "Many processes".
+    """
+    _check_spec(spec)
+    if spec["ids"].shape[0] % world_size:
+        raise ValueError(f"the global batch ({spec['ids'].shape[0]}) must split evenly over {world_size} ranks")
+    return spawn_gloo(_distributed_check_worker, world_size, (spec,))
+
+
+# ---------------------------------------------------------------------------
+# measuring memory and comparing gradients
+# ---------------------------------------------------------------------------
+class _Held:
+    __slots__ = ("tensor", "meter", "key")
+
+    def __init__(self, tensor: Tensor, meter: "SavedTensorMeter", key: int) -> None:
+        self.tensor, self.meter, self.key = tensor, meter, key
+
+    def __del__(self) -> None:
+        self.meter._release(self.key)
+
+
+class SavedTensorMeter:
+    """Count the bytes autograd keeps alive for backward (activations), and their peak.
+
+    Inside ``with SavedTensorMeter(exclude=model.parameters()) as m:``, every tensor saved
+    for backward is counted once per storage while some graph still holds it; storages of
+    the excluded tensors (the weights) are not counted. ``m.peak`` is the largest number
+    of bytes held at once, ``m.live`` the current number. This is a CPU-friendly stand-in
+    for ``torch.cuda.max_memory_allocated`` that isolates activation memory.
+
+    See: book chapter 07, section "Memory".
+    """
+
+    def __init__(self, exclude: Iterable[Tensor] = ()) -> None:
+        self._excluded = {t.untyped_storage().data_ptr() for t in exclude}
+        self._refs: dict[int, int] = {}
+        self._sizes: dict[int, int] = {}
+        self.live = 0
+        self.peak = 0
+        self._ctx: Any = None
+
+    def _pack(self, t: Tensor) -> Any:
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key in self._excluded or t.device.type == "meta":
+            return t
+        if key not in self._refs:
+            self._refs[key] = 0
+            self._sizes[key] = storage.nbytes()
+            self.live += storage.nbytes()
+            self.peak = max(self.peak, self.live)
+        self._refs[key] += 1
+        return _Held(t, self, key)
+
+    @staticmethod
+    def _unpack(held: Any) -> Tensor:
+        return held.tensor if isinstance(held, _Held) else held
+
+    def _release(self, key: int) -> None:
+        self._refs[key] -= 1
+        if self._refs[key] == 0:
+            del self._refs[key]
+            self.live -= self._sizes.pop(key)
+
+    def __enter__(self) -> "SavedTensorMeter":
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._ctx.__exit__(*exc)
+
+
+def grad_vector(*modules: nn.Module) -> Tensor:
+    """All parameter gradients of ``modules`` flattened into one vector (zeros where ``.grad`` is None)."""
+    parts = [
+        (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+        for m in modules
+        for p in m.parameters()
+        if p.requires_grad
+    ]
+    return torch.cat(parts)
+
+
+def relative_error(x: Tensor, reference: Tensor) -> float:
+    """``max|x - ref| / max|ref|`` (the chapter's "max relative gradient difference")."""
+    if x.shape != reference.shape:
+        raise ValueError(f"x and reference must have the same shape, got {tuple(x.shape)} and {tuple(reference.shape)}")
+    return float((x - reference).abs().max() / reference.abs().max().clamp_min(torch.finfo(reference.dtype).tiny))
+
+
+# ---------------------------------------------------------------------------
+# run profiles
+# ---------------------------------------------------------------------------
+@dataclass
+class AccumulationConfig:
+    """Sizes of the chapter's experiment. Batches count *sentences*; each gives two rows (two dropout views).
+
+    The model fields (``dim`` ... ``ffn_dim``) are those of the shipped character BERT
+    (:func:`kexue.pretrained.load_zh_char_bert`); they are used when an encoder of the same
+    shape is built from scratch (tests, the benchmark). The notebook fine-tunes the shipped
+    weights with ``dropout`` / ``attention_dropout`` as SimCSE's augmentation.
+    """
+
+    dim: int = 256  # hidden size of the character BERT
+    depth: int = 4  # Transformer blocks
+    heads: int = 4  # attention heads
+    ffn_dim: int = 1024  # feed-forward width
+    dropout: float = 0.1  # hidden dropout: SimCSE's augmentation
+    attention_dropout: float = 0.1  # dropout on attention probabilities
+    max_chars: int = 20  # sentences are cut to this many tokens ([CLS] and [SEP] included)
+    temperature: float = 0.05  # SimCSE's tau
+    lr: float = 5e-5  # AdamW learning rate
+    steps: int = 6  # optimiser steps per training run (both batch sizes)
+    small_batch: int = 8  # sentences per step, plain full-batch training
+    large_batch: int = 24  # sentences per step, through contrastive_backward
+    micro_batch: int = 8  # sentences per micro-batch of the large run (2x rows)
+    eval_pairs: int = 150  # STS-B test pairs scored (1361 = all)
+    memory_batches: tuple[int, ...] = (4, 8, 16)  # sentences per batch in the memory curve
+    memory_micro_batch: int = 4  # sentences per micro-batch in the memory curve
+    seeds: tuple[int, ...] = (0,)  # training seeds (one run per seed per batch size)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "small_batch", "large_batch", "micro_batch", "eval_pairs", "max_chars", "memory_micro_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.large_batch % self.micro_batch:
+            raise ValueError(f"micro_batch ({self.micro_batch}) must divide large_batch ({self.large_batch})")
+        if not self.seeds:
+            raise ValueError("seeds must not be empty")
+        if any(b % self.memory_micro_batch for b in self.memory_batches):
+            raise ValueError(
+                f"memory_micro_batch ({self.memory_micro_batch}) must divide every memory batch {self.memory_batches}"
+            )
+
+    def encoder_config(self, vocab_size: int) -> dict[str, Any]:
+        """Keyword arguments of :class:`kexue.nn.TransformerConfig` for an encoder of this shape."""
+        return dict(
+            vocab_size=vocab_size,
+            dim=self.dim,
+            depth=self.depth,
+            heads=self.heads,
+            ffn_dim=self.ffn_dim,
+            max_len=max(self.max_chars, 128),
+            dropout=self.dropout,
+            attention_dropout=self.attention_dropout,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def configs() -> dict[str, AccumulationConfig]:
+    """``smoke`` (CPU, about a minute) and ``full`` (a GPU: SimCSE's batch 64 vs 512 through accumulation)."""
+    return {
+        "smoke": AccumulationConfig(),
+        "full": AccumulationConfig(
+            max_chars=64,
+            lr=3e-5,
+            steps=500,
+            small_batch=64,
+            large_batch=512,
+            micro_batch=64,
+            eval_pairs=1361,
+            memory_batches=(64, 128, 256, 512, 1024, 2048),
+            memory_micro_batch=64,
+            seeds=(0, 1, 2),
+        ),
+    }
+
+
+def config(name: str | None = None) -> AccumulationConfig:
+    """The configuration of profile ``name`` (default: ``kexue.utils.profile()``)."""
+    from kexue.utils import profile
+
+    name = profile() if name is None else name
+    table = configs()
+    if name not in table:
+        raise ValueError(f"profile must be one of {tuple(table)}, got {name!r}")
+    return table[name]
+
+
+# ---------------------------------------------------------------------------
+# the experiment: SimCSE fine-tuning of the character BERT, STS-B Spearman
+# ---------------------------------------------------------------------------
+def load_sentence_encoder(
+    cfg: AccumulationConfig, path: str | Path | None = None, *, device: torch.device | str | None = None
+) -> tuple[SentenceEncoder, Any]:
+    """The shipped character BERT as a mean-pooling :class:`SentenceEncoder` in train mode, and its tokenizer."""
+    from kexue.pretrained import load_zh_char_bert
+
+    model, tokenizer = load_zh_char_bert(
+        path, device=device, dropout=cfg.dropout, attention_dropout=cfg.attention_dropout
+    )
+    encoder = SentenceEncoder(model.encoder, pooling="mean", pad_token_id=tokenizer.pad_id).train()
+    return encoder, tokenizer
+
+
+def pair_rows(tokenizer: Any, sentences: Sequence[str], max_chars: int, *, pad_to_max: bool = False) -> Tensor:
+    """Token ids of ``sentences`` with every row repeated once: rows ``2k, 2k+1`` = sentence ``k``."""
+    ids, _ = tokenizer(list(sentences), max_chars, pad_to_max=pad_to_max)
+    return ids.repeat_interleave(2, dim=0)
+
+
+@torch.no_grad()
+def embed_sentences(
+    encoder: nn.Module, tokenizer: Any, sentences: Sequence[str], max_chars: int, batch_size: int = 128
+) -> Tensor:
+    """Sentence vectors (eval mode, no dropout), in batches; the encoder's mode is restored afterwards."""
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    out = []
+    for start in range(0, len(sentences), batch_size):
+        ids, _ = tokenizer(list(sentences[start : start + batch_size]), max_chars)
+        out.append(encoder(ids.to(device)).float().cpu())
+    encoder.train(was_training)
+    return torch.cat(out)
+
+
+def sts_spearman(
+    encoder: nn.Module, tokenizer: Any, pairs: Sequence[tuple[str, str, float]], max_chars: int
+) -> float:
+    """Spearman correlation between cosine similarities of the two sentences and the gold scores."""
+    from scipy.stats import spearmanr
+
+    if len(pairs) < 2:
+        raise ValueError(f"pairs must hold at least two scored pairs, got {len(pairs)}")
+    a = embed_sentences(encoder, tokenizer, [p[0] for p in pairs], max_chars)
+    b = embed_sentences(encoder, tokenizer, [p[1] for p in pairs], max_chars)
+    cosine = F.cosine_similarity(a, b, dim=-1)
+    return float(spearmanr(cosine.numpy(), [p[2] for p in pairs]).statistic)
+
+
+def train_simcse(
+    encoder: nn.Module,
+    tokenizer: Any,
+    sentences: Sequence[str],
+    cfg: AccumulationConfig,
+    batch_size: int,
+    micro_batch_size: int | None,
+    seed: int = 0,
+) -> list[float]:
+    """Unsupervised SimCSE fine-tuning; returns the loss of every step.
+
+    Each step draws ``batch_size`` sentences (a fixed permutation per ``seed``), puts each on
+    two adjacent rows, and takes one AdamW step on :func:`simcse_loss`. With
+    ``micro_batch_size=None`` the step is an ordinary full-batch backward; otherwise the
+    gradient comes from :func:`contrastive_backward` with that many sentences per micro-batch.
+
+    See: book chapter 07, section "Experiment".
+    """
+    if batch_size * cfg.steps > len(sentences):
+        raise ValueError(f"need {batch_size * cfg.steps} sentences for {cfg.steps} steps, got {len(sentences)}")
+    device = next(encoder.parameters()).device
+    order = torch.randperm(len(sentences), generator=torch.Generator().manual_seed(seed)).tolist()
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=cfg.lr)
+    torch.manual_seed(seed)
+    encoder.train()
+
+    def loss_fn(h: Tensor) -> Tensor:
+        return simcse_loss(h, cfg.temperature)
+
+    losses = []
+    for step in range(cfg.steps):
+        batch = [sentences[i] for i in order[step * batch_size : (step + 1) * batch_size]]
+        ids = pair_rows(tokenizer, batch, cfg.max_chars).to(device)
+        optimizer.zero_grad(set_to_none=True)
+        if micro_batch_size is None:
+            loss = full_batch_backward(encoder, ids, loss_fn)
+        else:
+            loss = contrastive_backward(encoder, ids, loss_fn, 2 * micro_batch_size)
+        optimizer.step()
+        losses.append(float(loss))
+    return losses
+
+
+def activation_peak(
+    method: Callable[..., Tensor], encoder: nn.Module, inputs: Inputs, loss_fn: LossFn, micro_batch_size: int
+) -> int:
+    """Peak bytes saved for backward (weights excluded) during one ``method(...)`` call; grads are reset."""
+    encoder.zero_grad(set_to_none=True)
+    with SavedTensorMeter(exclude=encoder.parameters()) as meter:
+        method(encoder, inputs, loss_fn, micro_batch_size)
+    encoder.zero_grad(set_to_none=True)
+    return meter.peak
+
+
+def plot_memory(batches: Sequence[int], curves: dict[str, Sequence[float]], micro_batch: int):
+    """Activation MiB against sentences per batch, one line per method."""
+    from kexue.plot import figure
+
+    fig, ax = figure(1, 1, width=6.0, height=3.5)
+    for name, values in curves.items():
+        ax.plot(list(batches), list(values), marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sentences per batch (two rows each)")
+    ax.set_ylabel("peak saved activations (MiB)")
+    ax.set_title(f"Activation memory, micro-batch = {micro_batch} sentences")
+    ax.legend()
+    return fig
+
+
+def plot_losses(runs: dict[str, Sequence[float]]):
+    """SimCSE training loss per step, one line per run."""
+    from kexue.plot import figure
+
+    fig, ax = figure(1, 1, width=6.0, height=3.5)
+    for name, values in runs.items():
+        ax.plot(range(1, len(values) + 1), list(values), marker=".", label=name)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("SimCSE loss (own batch)")
+    ax.legend()
+    return fig
+
+
+def source_without_docstring(fn: Callable) -> str:
+    """The source of ``fn`` with its docstring removed (for showing code in the book)."""
+    import ast
+    import inspect
+    import textwrap
+
+    source = textwrap.dedent(inspect.getsource(fn))
+    node = ast.parse(source).body[0]
+    body = getattr(node, "body", [])
+    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+        lines = source.splitlines()
+        doc = body[0]
+        del lines[doc.lineno - 1 : doc.end_lineno]
+        source = "\n".join(lines) + "\n"
+    return source
