@@ -137,6 +137,15 @@ def _similarity(a: Tensor, b: Tensor, normalize: bool) -> Tensor:
 # ---------------------------------------------------------------------------
 # losses
 # ---------------------------------------------------------------------------
+def _pair_logits(a: Tensor, b: Tensor, temperature: float | Tensor, normalize: bool) -> Tensor:
+    """Checked ``(N, N)`` logits ``s(a_i, b_j) / tau`` shared by the InfoNCE variants."""
+    _check_embeddings("a", a)
+    _check_embeddings("b", b)
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return _similarity(a, b, normalize) / _check_temperature(temperature)
+
+
 def info_nce(a: Tensor, b: Tensor, temperature: float | Tensor = 0.05, *, normalize: bool = True) -> Tensor:
     r"""In-batch InfoNCE: row ``i`` of ``a`` must pick row ``i`` of ``b`` among all rows of ``b``.
 
@@ -149,12 +158,7 @@ def info_nce(a: Tensor, b: Tensor, temperature: float | Tensor = 0.05, *, normal
 
     See: book chapter 07, eq. ``ch07-infonce``.
     """
-    _check_embeddings("a", a)
-    _check_embeddings("b", b)
-    if a.shape != b.shape:
-        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    tau = _check_temperature(temperature)
-    logits = _similarity(a, b, normalize) / tau  # (N, N)
+    logits = _pair_logits(a, b, temperature, normalize)
     return F.cross_entropy(logits, torch.arange(a.shape[0], device=a.device))
 
 
@@ -167,12 +171,7 @@ def symmetric_info_nce(
 
     See: book chapter 07, eq. ``ch07-infonce``.
     """
-    _check_embeddings("a", a)
-    _check_embeddings("b", b)
-    if a.shape != b.shape:
-        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    tau = _check_temperature(temperature)
-    logits = _similarity(a, b, normalize) / tau  # (N, N)
+    logits = _pair_logits(a, b, temperature, normalize)
     target = torch.arange(a.shape[0], device=a.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 

@@ -73,6 +73,14 @@ def mask_span_logits(logits: torch.Tensor, mask: torch.Tensor, tril: bool = True
 # the two heads
 # ---------------------------------------------------------------------------
 
+def _check_head_args(hidden_size: int, num_types: int, head_size: int, rope: bool) -> None:
+    for name, v in (("hidden_size", hidden_size), ("num_types", num_types), ("head_size", head_size)):
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if rope and head_size % 2:
+        raise ValueError(f"head_size must be even when rope=True, got {head_size}")
+
+
 class GlobalPointer(nn.Module):
     """Span scores ``s_α(i, j) = (R_i q_{i,α})ᵀ (R_j k_{j,α}) / √d``: eqs. (1)–(2) of chapter 02.
 
@@ -86,11 +94,7 @@ class GlobalPointer(nn.Module):
     def __init__(self, hidden_size: int, num_types: int, head_size: int = 64, rope: bool = True,
                  rope_base: float = 10000.0) -> None:
         super().__init__()
-        for name, v in (("hidden_size", hidden_size), ("num_types", num_types), ("head_size", head_size)):
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if rope and head_size % 2:
-            raise ValueError(f"head_size must be even when rope=True, got {head_size}")
+        _check_head_args(hidden_size, num_types, head_size, rope)
         self.hidden_size, self.num_types, self.head_size = hidden_size, num_types, head_size
         self.rope, self.rope_base = bool(rope), rope_base
         self.dense = nn.Linear(hidden_size, num_types * head_size * 2)
@@ -122,11 +126,7 @@ class EfficientGlobalPointer(nn.Module):
     def __init__(self, hidden_size: int, num_types: int, head_size: int = 64, rope: bool = True,
                  rope_base: float = 10000.0) -> None:
         super().__init__()
-        for name, v in (("hidden_size", hidden_size), ("num_types", num_types), ("head_size", head_size)):
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if rope and head_size % 2:
-            raise ValueError(f"head_size must be even when rope=True, got {head_size}")
+        _check_head_args(hidden_size, num_types, head_size, rope)
         self.hidden_size, self.num_types, self.head_size = hidden_size, num_types, head_size
         self.rope, self.rope_base = bool(rope), rope_base
         self.p_dense = nn.Linear(hidden_size, 2 * head_size)

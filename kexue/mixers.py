@@ -303,7 +303,31 @@ class SelfAttention(TokenMixer):
 # --------------------------------------------------------------------------- 2. Synthesizer
 
 
-class SynthesizerRandom(TokenMixer):
+class _Synthesizer(TokenMixer):
+    """Shared parts of the Synthesizers: multi-head values ``X W_v`` and the output ``W_o``."""
+
+    def __init__(self, dim: int, seq_len: int, *, heads: int, causal: bool) -> None:
+        super().__init__(dim, seq_len, causal=causal)
+        _check_positive_int("heads", heads)
+        if dim % heads:
+            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        self.heads = heads
+
+    def _value_and_output(self) -> None:
+        """Create ``W_v`` and ``W_o`` last, after each subclass's own parameters (keeps the init order)."""
+        self.value = nn.Linear(self.dim, self.dim)
+        self.output = nn.Linear(self.dim, self.dim)
+
+    def _values(self, x, mask):
+        return _split_heads(self.value(x), self.heads)
+
+    def readout(self, x, mixed):
+        if mixed.dim() == 3:
+            mixed = mixed[:, None]
+        return self.output(_merge_heads(mixed))
+
+
+class SynthesizerRandom(_Synthesizer):
     r"""Synthesizer-Random: attention whose logits are a learned (or frozen) parameter.
 
     .. math:: O = \mathrm{softmax}(R + M)\, X W_v W_o,\qquad R\in\mathbb{R}^{h\times L\times L}
@@ -319,28 +343,15 @@ class SynthesizerRandom(TokenMixer):
 
     def __init__(self, dim: int, seq_len: int, *, heads: int = 1, trainable: bool = True,
                  init_std: float = 1.0, causal: bool = False) -> None:
-        super().__init__(dim, seq_len, causal=causal)
-        _check_positive_int("heads", heads)
-        if dim % heads:
-            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
-        self.heads = heads
+        super().__init__(dim, seq_len, heads=heads, causal=causal)
         self.logits = nn.Parameter(torch.randn(heads, seq_len, seq_len) * init_std, requires_grad=trainable)
-        self.value = nn.Linear(dim, dim)
-        self.output = nn.Linear(dim, dim)
+        self._value_and_output()
 
     def _matrix(self, x, mask):
         n = x.shape[1]
         logits = self.logits[:, :n, :n].to(x.dtype)[None]  # (1, h, n, n): the same for every sample
         a = _masked_softmax(logits, _allowed(mask, n, self.causal, x.device))
         return a.expand(x.shape[0], -1, -1, -1)
-
-    def _values(self, x, mask):
-        return _split_heads(self.value(x), self.heads)
-
-    def readout(self, x, mixed):
-        if mixed.dim() == 3:
-            mixed = mixed[:, None]
-        return self.output(_merge_heads(mixed))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x, mask = self._prepare(x, mask)
@@ -349,7 +360,7 @@ class SynthesizerRandom(TokenMixer):
         return self.readout(x, a @ self._values(x, mask))  # broadcasts (1 or b, h, n, n) over the batch
 
 
-class SynthesizerDense(TokenMixer):
+class SynthesizerDense(_Synthesizer):
     r"""Synthesizer-Dense: each token predicts its own row of logits with a two-layer MLP.
 
     .. math:: B_i = \mathrm{relu}(x_i W_1 + b_1) W_2 + b_2 \in \mathbb{R}^{L},\qquad
@@ -365,30 +376,17 @@ class SynthesizerDense(TokenMixer):
 
     def __init__(self, dim: int, seq_len: int, *, heads: int = 1, hidden: int | None = None,
                  causal: bool = False) -> None:
-        super().__init__(dim, seq_len, causal=causal)
-        _check_positive_int("heads", heads)
-        if dim % heads:
-            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        super().__init__(dim, seq_len, heads=heads, causal=causal)
         hidden = dim if hidden is None else _check_positive_int("hidden", hidden)
-        self.heads = heads
         self.hidden_layer = nn.Linear(dim, hidden)
         self.logit_layer = nn.Linear(hidden, heads * seq_len)
-        self.value = nn.Linear(dim, dim)
-        self.output = nn.Linear(dim, dim)
+        self._value_and_output()
 
     def _matrix(self, x, mask):
         n = x.shape[1]
         logits = self.logit_layer(F.relu(self.hidden_layer(x)))  # (b, n, h*L)
         logits = logits.unflatten(-1, (self.heads, self.seq_len)).transpose(1, 2)[..., :n]  # (b, h, n, n)
         return _masked_softmax(logits, _allowed(mask, n, self.causal, x.device))
-
-    def _values(self, x, mask):
-        return _split_heads(self.value(x), self.heads)
-
-    def readout(self, x, mixed):
-        if mixed.dim() == 3:
-            mixed = mixed[:, None]
-        return self.output(_merge_heads(mixed))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x, mask = self._prepare(x, mask)
