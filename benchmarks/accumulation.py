@@ -223,6 +223,24 @@ def main() -> None:
     for row in rows_memory:
         row["ratio_to_full"] = row["saved_mib"] / full_mib
 
+    # ---- time overhead against the micro-batch size (the extra no-graph pass costs more when it is small) ----
+    rows_by_micro = []
+    for micro in [m for m in (2, 4, 8, 16) if args.sentences % m == 0 and m < args.sentences]:
+        methods: dict[str, Callable[[], Any]] = {
+            "full": lambda: acc.full_batch_backward(encoder, simcse_ids, simcse),
+            "two-pass": lambda m=micro: acc.contrastive_backward(encoder, simcse_ids, simcse, 2 * m),
+        }
+        if peers["gradcache"]:
+            methods["GradCache"] = lambda m=micro: GradCache(models=[encoder], chunk_sizes=2 * m, loss_fn=simcse)(simcse_ids)
+        res = measure(methods, encoder, args.repeats)
+        row = dict(micro_batch_sentences=micro, ratio_to_full=res["two-pass"][1] / res["full"][1],
+                   saved_mib=res["two-pass"][2], full_saved_mib=res["full"][2])
+        if "GradCache" in res:
+            row["gradcache_ratio_to_full"] = res["GradCache"][1] / res["full"][1]
+        rows_by_micro.append(row)
+        print(f"micro-batch {micro:>3} sentences: two-pass {row['ratio_to_full']:.2f}x full batch (CPU time)"
+              + (f", GradCache {row['gradcache_ratio_to_full']:.2f}x" if "gradcache_ratio_to_full" in row else ""), flush=True)
+
     result = dict(
         date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         device="cpu",
@@ -237,6 +255,7 @@ def main() -> None:
         gradients=rows_gradients,
         timing=rows_timing,
         memory=rows_memory,
+        time_by_micro_batch=rows_by_micro,
     )
     for row in rows_gradients:
         print(f"{row['loss']:>6} {row['method']:>40}: rel. error {row['rel_error']:.2e}")

@@ -430,19 +430,35 @@ def _check_loss(loss: Any) -> Tensor:
 # single process
 # ---------------------------------------------------------------------------
 def _encode_no_grad(
-    encoder: nn.Module, inputs: tuple[Tensor, ...], micro_batch_size: int, devices: list[torch.device]
-) -> tuple[list[list[Tensor]], list[list[_RngState]]]:
-    """Pass 1: every micro-batch, input-major order, no graph; RNG snapshot before each."""
+    encoder: nn.Module,
+    inputs: tuple[Tensor, ...],
+    micro_batch_size: int,
+    devices: list[torch.device],
+    keep_last: bool = False,
+) -> tuple[list[list[Tensor]], list[list[_RngState]], Tensor | None]:
+    """Pass 1: every micro-batch, input-major order, no graph; RNG snapshot before each.
+
+    With ``keep_last`` the final micro-batch is encoded *with* a graph, which is returned
+    (its cached copy is detached): pass 2 then back-propagates it directly instead of
+    encoding it a second time. Only one micro-batch of activations is alive either way.
+    """
     cached: list[list[Tensor]] = []
     states: list[list[_RngState]] = []
-    with torch.no_grad():
-        for x in inputs:
-            cached.append([])
-            states.append([])
-            for chunk in x.split(micro_batch_size):
-                states[-1].append(_RngState(devices))
-                cached[-1].append(_check_output(encoder(chunk), chunk.shape[0]))
-    return cached, states
+    live: Tensor | None = None
+    for i, x in enumerate(inputs):
+        cached.append([])
+        states.append([])
+        chunks = x.split(micro_batch_size)
+        for k, chunk in enumerate(chunks):
+            states[-1].append(_RngState(devices))
+            if keep_last and i == len(inputs) - 1 and k == len(chunks) - 1:
+                with torch.enable_grad():
+                    live = _check_output(encoder(chunk), chunk.shape[0])
+                cached[-1].append(live.detach())
+            else:
+                with torch.no_grad():
+                    cached[-1].append(_check_output(encoder(chunk), chunk.shape[0]))
+    return cached, states, live
 
 
 def _replay_backward(
@@ -451,13 +467,20 @@ def _replay_backward(
     grads: list[Tensor | None],
     states: list[list[_RngState]] | None,
     micro_batch_size: int,
+    skip_last: bool = False,
 ) -> None:
-    """Pass 2: re-encode each micro-batch (under its recorded RNG) and back-propagate its dL/dh."""
+    """Pass 2: re-encode each micro-batch (under its recorded RNG) and back-propagate its dL/dh.
+
+    ``skip_last``: the final micro-batch was already back-propagated from pass 1's graph.
+    """
     with torch.enable_grad():
         for i, x in enumerate(inputs):
             if grads[i] is None:  # the loss does not depend on this input
                 continue
-            for k, (chunk, g) in enumerate(zip(x.split(micro_batch_size), grads[i].split(micro_batch_size))):
+            chunks = x.split(micro_batch_size)
+            for k, (chunk, g) in enumerate(zip(chunks, grads[i].split(micro_batch_size))):
+                if skip_last and i == len(inputs) - 1 and k == len(chunks) - 1:
+                    continue
                 if states is not None:
                     states[i][k].restore()
                 out = encoder(chunk)
@@ -492,8 +515,9 @@ def contrastive_backward(
     "Exact" means: with the same RNG seed, the accumulated gradient equals that of
     :func:`full_batch_backward` (encode the same micro-batches in the same order inside
     one graph, then call ``backward`` once), dropout included. Activations of only one
-    micro-batch are alive at a time; the cost is one extra forward pass without a graph.
-    After the call the global RNG is where :func:`full_batch_backward` would leave it.
+    micro-batch are alive at a time; the cost is one extra forward pass without a graph
+    over every micro-batch but the last, which keeps its pass-1 graph and is not encoded
+    again. After the call the global RNG is where :func:`full_batch_backward` would leave it.
 
     .. math:: \nabla_\theta\mathcal L = \sum_k J_k(\theta)^\top\,\frac{\partial\mathcal L}{\partial H_k}
 
@@ -501,7 +525,7 @@ def contrastive_backward(
     """
     inputs, _ = _prepare(encoder, inputs, micro_batch_size)
     devices = _rng_devices(encoder, inputs)
-    cached, states = _encode_no_grad(encoder, inputs, micro_batch_size, devices)
+    cached, states, live = _encode_no_grad(encoder, inputs, micro_batch_size, devices, keep_last=True)
     after_pass_1 = _RngState(devices)
 
     leaves = [torch.cat(chunks).detach().requires_grad_(True) for chunks in cached]
@@ -512,7 +536,11 @@ def contrastive_backward(
     grads = [leaf.grad for leaf in leaves]
     del leaves
 
-    _replay_backward(encoder, inputs, grads, states if replay_rng else None, micro_batch_size)
+    # the last micro-batch kept its graph from pass 1: back-propagate it now, encode it only once
+    if live is not None and live.requires_grad and grads[-1] is not None:
+        live.backward(grads[-1][-live.shape[0]:].to(live.dtype))
+    del live
+    _replay_backward(encoder, inputs, grads, states if replay_rng else None, micro_batch_size, skip_last=True)
     after_pass_1.restore()
     return loss.detach()
 
@@ -573,7 +601,7 @@ def openclip_style_backward(
     """
     inputs, _ = _prepare(encoder, inputs, micro_batch_size)
     devices = _rng_devices(encoder, inputs)
-    cached, states = _encode_no_grad(encoder, inputs, micro_batch_size, devices)
+    cached, states, _ = _encode_no_grad(encoder, inputs, micro_batch_size, devices)
     loss = None
     with torch.enable_grad():
         for i, x in enumerate(inputs):
@@ -676,7 +704,7 @@ def distributed_contrastive_backward(
         raise ValueError(f"every rank must pass the same local batch size, got {[int(s) for s in sizes]}")
 
     devices = _rng_devices(encoder, inputs)
-    cached, states = _encode_no_grad(encoder, inputs, micro_batch_size, devices)
+    cached, states, _ = _encode_no_grad(encoder, inputs, micro_batch_size, devices)
     after_pass_1 = _RngState(devices)
     local = [torch.cat(chunks) for chunks in cached]
     del cached
