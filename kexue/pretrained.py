@@ -58,7 +58,7 @@ def load_zh_char_bert(
     if not weights.is_file():
         raise FileNotFoundError(
             f"no model.safetensors in {path}; the shipped checkpoint is part of the repository "
-            "(kexue/pretrained/zh_char_bert), or retrain it with `python -m kexue.pretrain --steps 3500 --bf16 --seed 0` (about an hour on 2 CPU cores)"
+            "(kexue/pretrained/zh_char_bert), or retrain it with `python -m kexue.pretrain --steps 3500 --bf16 --seed 0` (one to two hours on 2 CPU cores)"
         )
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
