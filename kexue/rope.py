@@ -30,7 +30,6 @@ See: book chapter 03 (``03_rope_2d``).
 
 from __future__ import annotations
 
-import gzip
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from kexue.data import load_fashion_mnist
 
 __all__ = [
     "LAYOUTS",
@@ -57,14 +58,11 @@ __all__ = [
     "FULL",
     "config",
     "PatchViT",
-    "load_fashion_mnist",
     "load_images",
     "resize_images",
     "train_vit",
     "evaluate_vit",
     "score_by_offset",
-    "FASHION_MNIST_DIR",
-    "FASHION_MNIST_INSTALL",
 ]
 
 LAYOUTS: tuple[str, ...] = ("pairs", "rotate_half", "block4")
@@ -392,47 +390,6 @@ def score_by_offset(
 # ---------------------------------------------------------------------------
 # A small ViT over image patches (the chapter's experiment)
 # ---------------------------------------------------------------------------
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_INSTALL = "apt-get install dataset-fashion-mnist"
-_FASHION_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
-
-
-def _read_idx(path: Path) -> torch.Tensor:
-    with gzip.open(path, "rb") as fh:
-        data = fh.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file")
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    offset = 4 + 4 * ndim
-    if len(data) - offset != math.prod(shape):
-        raise ValueError(f"{path}: header says {shape} but the payload has {len(data) - offset} bytes")
-    return torch.frombuffer(bytearray(data[offset:]), dtype=torch.uint8).reshape(shape)
-
-
-def load_fashion_mnist(split: str = "train", root: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fashion-MNIST from its IDX ``.gz`` files: ``(images float32 (n, 28, 28) in [0, 1], labels int64 (n,))``.
-
-    ``root`` defaults to ``/usr/share/datasets/fashion-mnist`` (the Debian
-    package ``dataset-fashion-mnist``). A missing file raises ``FileNotFoundError``
-    naming the install command.
-    """
-    if split not in _FASHION_FILES:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    folder = Path(root) if root is not None else FASHION_MNIST_DIR
-    paths = [folder / name for name in _FASHION_FILES[split]]
-    for p in paths:
-        if not p.is_file():
-            raise FileNotFoundError(f"Fashion-MNIST file {p} not found; install it with `{FASHION_MNIST_INSTALL}`")
-    images, labels = (_read_idx(p) for p in paths)
-    if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
-        raise ValueError(f"unexpected Fashion-MNIST shapes {tuple(images.shape)} and {tuple(labels.shape)}")
-    return images.float() / 255.0, labels.long()
-
-
 @dataclass
 class ViTConfig:
     """One run of the position-encoding comparison (train at one size, test at larger ones)."""

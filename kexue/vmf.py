@@ -53,7 +53,6 @@ __all__ = [
     "VAE",
     "train_vae",
     "active_units",
-    "load_fashion_mnist",
 ]
 
 # ---------------------------------------------------------------------------
@@ -781,33 +780,3 @@ def train_vae(model: VAE, x_train: Tensor, x_test: Tensor) -> dict[str, list[flo
         hist["kl"].append(kl.mean().item())
         hist["au"].append(active_units(model, x_test))
     return hist
-
-
-def load_fashion_mnist(root: str = "/usr/share/datasets/fashion-mnist") -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Fashion-MNIST from local idx ``.gz`` files: ``(x_train, y_train, x_test, y_test)``, pixels in [0, 1]."""
-    import gzip
-    from pathlib import Path
-
-    base = Path(root)
-    names = {
-        "xtr": "train-images-idx3-ubyte.gz",
-        "ytr": "train-labels-idx1-ubyte.gz",
-        "xte": "t10k-images-idx3-ubyte.gz",
-        "yte": "t10k-labels-idx1-ubyte.gz",
-    }
-    missing = [n for n in names.values() if not (base / n).exists()]
-    if missing:
-        raise FileNotFoundError(
-            f"Fashion-MNIST idx files {missing} not found in {base}; "
-            "install them with `apt-get install dataset-fashion-mnist`"
-        )
-
-    def read(name: str, offset: int) -> np.ndarray:
-        with gzip.open(base / name, "rb") as fh:
-            return np.frombuffer(fh.read(), dtype=np.uint8, offset=offset)
-
-    xtr = torch.tensor(read(names["xtr"], 16).reshape(-1, 784), dtype=torch.float32) / 255.0
-    xte = torch.tensor(read(names["xte"], 16).reshape(-1, 784), dtype=torch.float32) / 255.0
-    ytr = torch.tensor(read(names["ytr"], 8), dtype=torch.int64)
-    yte = torch.tensor(read(names["yte"], 8), dtype=torch.int64)
-    return xtr, ytr, xte, yte

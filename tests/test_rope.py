@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from kexue import rope
+from kexue.data import load_fashion_mnist
 from kexue.nn import TransformerConfig, TransformerEncoder
 from kexue.rope import (
     apply_rope,
@@ -393,17 +394,17 @@ def _write_idx(path, array: torch.Tensor) -> None:
 
 def test_fashion_mnist_loader_reads_idx_and_names_install(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
-        rope.load_fashion_mnist("train", root=tmp_path)
+        load_fashion_mnist("train", root=tmp_path)
     images = torch.randint(0, 256, (5, 28, 28))
     labels = torch.randint(0, 10, (5,))
     _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
     _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
-    x, y = rope.load_fashion_mnist("test", root=tmp_path)
+    x, y = load_fashion_mnist("test", root=tmp_path)
     assert x.dtype == torch.float32 and x.shape == (5, 28, 28)
     torch.testing.assert_close(x, images.float() / 255)
     assert torch.equal(y, labels.long())
     with pytest.raises(ValueError, match="split"):
-        rope.load_fashion_mnist("val", root=tmp_path)
+        load_fashion_mnist("val", root=tmp_path)
 
 
 def test_benchmark_variants_are_equivalent():

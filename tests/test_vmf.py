@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy import integrate, special, stats
 
+from kexue.data import load_fashion_mnist
 from kexue.vmf import (
     VAE,
     HypersphericalUniform,
@@ -16,7 +17,6 @@ from kexue.vmf import (
     bessel_ratio,
     configs,
     implicit_dw_dkappa,
-    load_fashion_mnist,
     log_bessel_iv,
     log_sphere_area,
     log_vmf_normalizer,
@@ -405,4 +405,4 @@ def test_decoder_is_autoregressive() -> None:
 
 def test_fashion_mnist_missing_names_the_package(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
-        load_fashion_mnist(str(tmp_path))
+        load_fashion_mnist("train", root=tmp_path)
