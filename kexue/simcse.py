@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,7 @@ __all__ = [
     "Pooler",
     "pool",
     "encode",
+    "encode_hf",
     "fit_whitening",
     "apply_whitening",
     "cosine_scores",
@@ -116,7 +117,6 @@ def _encoder(model: MaskedLM | TransformerEncoder) -> TransformerEncoder:
     raise TypeError(f"model must be a kexue.nn MaskedLM or TransformerEncoder, got {type(model).__name__}")
 
 
-@torch.no_grad()
 def encode(
     model: MaskedLM | TransformerEncoder,
     tokenizer: CharTokenizer,
@@ -132,28 +132,74 @@ def encode(
     With a sequence of poolings, returns ``{pooling: (n, dim)}`` from one pass.
     Sentences are processed longest first, so batches carry little padding.
     """
-    if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise TypeError("texts must be a sequence of strings")
-    if len(texts) == 0:
-        raise ValueError("texts must not be empty")
-    names = [pooling] if isinstance(pooling, str) else list(pooling)
+    names = _check_texts_and_poolings(texts, pooling)
     enc = _encoder(model)
     was = enc.training
     enc.eval()
     device = next(enc.parameters()).device
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    out = {name: [] for name in names}
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        ids, mask = tokenizer([texts[i] for i in idx], max_len)
+
+    def batch_vectors(batch: list[str]) -> dict[str, torch.Tensor]:
+        ids, mask = tokenizer(batch, max_len)
         ids, mask = ids.to(device), mask.to(device)
         _, hs = enc(ids, mask, return_all=True)
-        for name in names:
-            out[name].append(pool(hs, mask, name, pooler).float().cpu())
+        return {name: pool(hs, mask, name, pooler) for name in names}
+
+    result = _encode_longest_first(texts, names, batch_size, batch_vectors)
     enc.train(was)
+    return result[names[0]] if isinstance(pooling, str) else result
+
+
+def _check_texts_and_poolings(texts: Sequence[str], pooling: str | Sequence[str]) -> list[str]:
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise TypeError("texts must be a sequence of strings")
+    if len(texts) == 0:
+        raise ValueError("texts must not be empty")
+    return [pooling] if isinstance(pooling, str) else list(pooling)
+
+
+def _encode_longest_first(
+    texts: Sequence[str], names: list[str], batch_size: int,
+    batch_vectors: Callable[[list[str]], dict[str, torch.Tensor]],
+) -> dict[str, torch.Tensor]:
+    """Encode longest first (little padding per batch), return float32 CPU rows in the input order."""
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            vectors = batch_vectors([texts[i] for i in order[start : start + batch_size]])
+            for name in names:
+                out[name].append(vectors[name].float().cpu())
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
-    result = {name: torch.cat(parts)[inverse] for name, parts in out.items()}
+    return {name: torch.cat(parts)[inverse] for name, parts in out.items()}
+
+
+def encode_hf(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    pooling: str | Sequence[str] = "first-last-avg",
+    *,
+    max_len: int = 64,
+    batch_size: int = 128,
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """:func:`encode` for a Hugging Face BERT-like model (``output_hidden_states``) and its tokenizer.
+
+    The same poolings as eq. ``ch01-pool``: ``hidden_states[1]`` is the first block's output.
+    Used in chapter 01 for the English MiniLM.
+    """
+    names = _check_texts_and_poolings(texts, pooling)
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+
+    def batch_vectors(batch: list[str]) -> dict[str, torch.Tensor]:
+        inputs = tokenizer(batch, padding=True, truncation=True, max_length=max_len, return_tensors="pt").to(device)
+        hs = model(**inputs, output_hidden_states=True).hidden_states
+        return {name: pool(hs, inputs["attention_mask"].bool(), name) for name in names}
+
+    result = _encode_longest_first(texts, names, batch_size, batch_vectors)
+    model.train(was)
     return result[names[0]] if isinstance(pooling, str) else result
 
 

