@@ -18,6 +18,7 @@ import json
 import math
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -113,13 +114,25 @@ def throughput() -> dict:
     return out
 
 
+def compare_with_peer(ours, peer, package: str, batch: int, n: int, dim: int) -> dict:
+    """Output equality on one input first; only an equal peer is timed (ratio ours / peer)."""
+    x = torch.randn(batch, n, dim)
+    with torch.no_grad():
+        diff = (ours(x) - peer(x)).abs().max().item()
+    row = {"package": f"{package}=={version(package)}", "seq_len": n, "dim": dim,
+           "batch": batch, "max_abs_diff": diff, "equal": diff < 1e-5}
+    if row["equal"]:
+        t_ours, t_peer = timed(lambda: ours(x), 30), timed(lambda: peer(x), 30)
+        row.update(ours_ms=1e3 * t_ours, peer_ms=1e3 * t_peer, ratio_ours_over_peer=t_ours / t_peer)
+    return row
+
+
 def peers() -> dict:
     result: dict[str, dict] = {}
     n, dim, batch = 256, 128, 8
     # lucidrains/mlp-mixer-pytorch: the token-mixing branch of MLPMixer (Conv1d over patches).
     try:
         import mlp_mixer_pytorch
-        from importlib.metadata import version
 
         seed_everything(0)
         # 64x64 image, patch 4 -> 256 patches; the paper's widths need expansion_factor=0.5 (token) here.
@@ -133,21 +146,12 @@ def peers() -> dict:
             ours.w2.copy_(token_ff[3].weight[..., 0])
             ours.b2.copy_(token_ff[3].bias)
         token_ff.eval()
-        x = torch.randn(batch, n, dim)
-        with torch.no_grad():
-            diff = (ours(x) - token_ff(x)).abs().max().item()
-        row = {"package": f"mlp-mixer-pytorch=={version('mlp-mixer-pytorch')}", "seq_len": n, "dim": dim,
-               "batch": batch, "max_abs_diff": diff, "equal": diff < 1e-5}
-        if row["equal"]:
-            t_ours, t_peer = timed(lambda: ours(x), 30), timed(lambda: token_ff(x), 30)
-            row.update(ours_ms=1e3 * t_ours, peer_ms=1e3 * t_peer, ratio_ours_over_peer=t_ours / t_peer)
-        result["mixer_token_mlp"] = row
+        result["mixer_token_mlp"] = compare_with_peer(ours, token_ff, "mlp-mixer-pytorch", batch, n, dim)
     except ImportError:
         result["mixer_token_mlp"] = {"package": "mlp-mixer-pytorch not installed"}
     # lucidrains/g-mlp-pytorch: gMLPBlock = proj_in + GELU, SpatialGatingUnit, proj_out.
     try:
         import g_mlp_pytorch
-        from importlib.metadata import version
 
         seed_everything(0)
         block = g_mlp_pytorch.gMLPBlock(dim=dim, dim_ff=2 * dim, seq_len=n).eval()
@@ -160,16 +164,8 @@ def peers() -> dict:
             ours.weight.copy_(block.sgu.weight[0])
             ours.bias.copy_(block.sgu.bias[0])
             ours.proj_out.load_state_dict(block.proj_out.state_dict())
-        x = torch.randn(batch, n, dim)
-        with torch.no_grad():
-            # lucidrains applies exact GELU via nn.GELU(); ours uses F.gelu (exact): same function.
-            diff = (ours(x) - block(x)).abs().max().item()
-        row = {"package": f"g-mlp-pytorch=={version('g-mlp-pytorch')}", "seq_len": n, "dim": dim,
-               "batch": batch, "max_abs_diff": diff, "equal": diff < 1e-5}
-        if row["equal"]:
-            t_ours, t_peer = timed(lambda: ours(x), 30), timed(lambda: block(x), 30)
-            row.update(ours_ms=1e3 * t_ours, peer_ms=1e3 * t_peer, ratio_ours_over_peer=t_ours / t_peer)
-        result["gmlp_block"] = row
+        # lucidrains applies exact GELU via nn.GELU(); ours uses F.gelu (exact): same function.
+        result["gmlp_block"] = compare_with_peer(ours, block, "g-mlp-pytorch", batch, n, dim)
     except ImportError:
         result["gmlp_block"] = {"package": "g-mlp-pytorch not installed"}
     result["timm"] = {"package": "not installed (needs torchvision); not compared"}

