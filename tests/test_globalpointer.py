@@ -465,3 +465,30 @@ def test_fit_and_score_pipeline(finetune: bool) -> None:
         r = gp.fit_and_score(enc, head, data, data, feats, feats, cfg)
         assert len(r["loss"]) == 4 and len(r["f1_by_epoch"]) == 2 and len(r["pred"]) == 6
         assert 0.0 <= r["prf"].f1 <= 1.0
+
+
+def test_length_buckets_cover_every_row_once_and_cut_padding() -> None:
+    torch.manual_seed(16)
+    lengths = torch.randint(2, 60, (500,))
+    mask = torch.arange(60) < lengths[:, None]
+    plain = gp._batches(mask, 16, torch.Generator().manual_seed(0))
+    bucketed = gp._batches(mask, 16, torch.Generator().manual_seed(0), bucket=10)
+    for batches in (plain, bucketed):
+        assert torch.equal(torch.cat(batches).sort().values, torch.arange(500))
+    padded = lambda bs: sum(len(b) * int(lengths[b].max()) for b in bs)  # noqa: E731
+    assert padded(bucketed) < 0.75 * padded(plain)
+
+
+def test_evaluate_ner_keeps_row_order() -> None:
+    torch.manual_seed(17)
+    enc = _tiny_encoder()
+    ids = torch.randint(5, 50, (7, 12))
+    mask = _mask([12, 4, 9, 12, 6, 3, 10], 12)
+    model = gp.NerModel(enc, "gp", 3, head_size=8, train_encoder=True)
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.normal_(0, 2.0)  # many positive cells, so the comparison is not between empty sets
+    batched = gp.evaluate_ner(model, ids, mask, batch_size=3)
+    model.eval()  # as evaluate_ner does: no dropout
+    single = [model.predict(*gp._trim(torch.tensor([i]), ids, mask))[0] for i in range(7)]
+    assert batched == single and sum(map(len, single)) > 0
