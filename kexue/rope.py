@@ -31,8 +31,7 @@ See: book chapter 03 (``03_rope_2d``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch

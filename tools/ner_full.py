@@ -53,12 +53,12 @@ def lr_probe(encoder, train: gp.NerData, test: gp.NerData, cfg: gp.NerConfig, st
     i_tr = torch.tensor(sorted(rng.sample(range(len(train.spans)), steps * cfg.batch_size)))
     i_te = torch.tensor(sorted(rng.sample(range(len(test.spans)), n_test)))
     gold = [set(test.spans[i]) for i in i_te.tolist()]
+    dev = get_device()
     rows = []
     for lr in (ARTICLE_LR, cfg.lr_encoder):
         c = dataclasses.replace(cfg, epochs=1, lr_head=lr, lr_encoder=lr)
         seed_everything(cfg.seed)
-        model = gp.NerModel(encoder, "gp", len(train.types), c.head_size, train_encoder=True).to(get_device())
-        dev = get_device()
+        model = gp.NerModel(encoder, "gp", len(train.types), c.head_size, train_encoder=True).to(dev)
         log = gp.train_ner(model, train.input_ids[i_tr].to(dev), train.mask[i_tr].to(dev),
                            [train.spans[i] for i in i_tr.tolist()], c)
         f1 = entity_prf(gp.evaluate_ner(model, test.input_ids[i_te].to(dev), test.mask[i_te].to(dev)), gold).f1
