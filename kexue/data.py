@@ -44,6 +44,8 @@ from typing import Iterable
 
 import torch
 
+from kexue.spans import decode_bmes as _decode_bmes
+
 __all__ = [
     "INSTALL_COMMAND",
     "DATA_PACKAGES",
@@ -220,40 +222,11 @@ def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
 # MSRA NER (BMES)
 # ---------------------------------------------------------------------------
 def decode_bmes(tags: Iterable[str]) -> tuple[Span, ...]:
-    """Spans ``(start, end inclusive, type)`` from BMES tags (``B-PER``, ``O``, ...).
+    """Spans ``(start, end inclusive, type)`` from MSRA's BMES tags over :data:`ENTITY_TYPES`.
 
-    ``B`` opens, ``M`` continues, ``E`` closes, ``S`` is a one-character
-    entity. A handful of MSRA sentences start inside an entity (the corpus
-    was split mid-name), so an ``M``/``E`` with no open entity of its type
-    opens one, and an entity still open when a new one starts or the sentence
-    ends is closed there. Every character of a returned span carries a tag of
-    that span's type.
+    See :func:`kexue.spans.decode_bmes` for the rules.
     """
-    spans: list[Span] = []
-    start: int | None = None
-    kind: str | None = None
-    n = 0
-    for i, tag in enumerate(tags):
-        n = i + 1
-        if tag == "O":
-            if start is not None:
-                spans.append((start, i - 1, kind))  # type: ignore[arg-type]
-                start = kind = None
-            continue
-        prefix, _, typ = tag.partition("-")
-        if prefix not in {"B", "M", "E", "S"} or typ not in ENTITY_TYPES:
-            raise ValueError(f"tags must be BMES tags over {ENTITY_TYPES} or 'O', got {tag!r}")
-        continuing = start is not None and kind == typ and prefix in {"M", "E"}
-        if not continuing:
-            if start is not None:
-                spans.append((start, i - 1, kind))  # type: ignore[arg-type]
-            start, kind = i, typ
-        if prefix in {"E", "S"}:
-            spans.append((start, i, typ))  # type: ignore[arg-type]
-            start = kind = None
-    if start is not None:
-        spans.append((start, n - 1, kind))  # type: ignore[arg-type]
-    return tuple(spans)
+    return _decode_bmes(tags, ENTITY_TYPES)
 
 
 @functools.lru_cache(maxsize=1)

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kexue.attention import MultiHeadSelfAttention, TransformerConfig
+
 __all__ = [
     "TokenMixer",
     "SelfAttention",
@@ -263,8 +265,6 @@ class SelfAttention(TokenMixer):
     def __init__(self, dim: int, seq_len: int, *, heads: int = 1, dropout: float = 0.0,
                  causal: bool = False, scale: float | None = None) -> None:
         super().__init__(dim, seq_len, causal=causal)
-        from kexue.nn import MultiHeadSelfAttention, TransformerConfig  # avoid a circular import
-
         _check_positive_int("heads", heads)
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
