@@ -1,12 +1,16 @@
 # Two commands for a fresh machine:
 #   make book   build the book (creates .venv, installs everything, executes every notebook)
 #   make test   run the unit tests and every notebook under nbval
+# Day to day: make test-fast (the unit tests without the slow ones, under a minute).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: book test venv clean
+.PHONY: book test test-fast venv clean
+
+# no progress bars in the book build or the test logs (a terminal run of an experiment keeps them)
+export KEXUE_PROGRESS ?= 0
 
 venv: $(STAMP)
 
@@ -24,6 +28,9 @@ book: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" tests
 
 clean:
 	rm -rf _build
