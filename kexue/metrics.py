@@ -1,9 +1,9 @@
 """Entity-level metrics for span extraction (NER).
 
 Micro precision, recall and F1 over exact ``(type, start, end)`` triples, end
-inclusive (a half-open/closed mix-up silently gives 0 F1, cf. bojone/GlobalPointer
-issue #2). See: book chapter 02 (``02_globalpointer``), the F1 formula of the
-metric section.
+inclusive: mixing half-open and closed ends silently gives an F1 of 0, a
+mistake peer implementations have made. Book chapter 02 derives the F1 formula
+in its metric section.
 """
 
 from __future__ import annotations
