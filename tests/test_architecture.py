@@ -221,3 +221,25 @@ def test_vmf_exports_the_whole_function_range():
     names = list(vmf.__all__)
     span = names[names.index("log_bessel_iv"): names.index("implicit_dw_dkappa") + 1]
     assert span and all(hasattr(vmf, n) for n in span)
+
+
+_OUTSIDE = re.compile(r"\bissue\s*#?\s*\d+|shared/[A-Z]+\.md|\.\./shared\b", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("folder", ["kexue", "tests", "tools", "benchmarks"])
+def test_sources_name_no_issue_numbers_or_outside_files(folder):
+    """Docstrings and comments point neither to issue numbers nor to files outside the repository."""
+    root = ROOT.parent / folder
+    hits = []
+    for path in sorted(root.rglob("*.py")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if _OUTSIDE.search(line) and "_OUTSIDE" not in line:
+                hits.append(f"{path.relative_to(ROOT.parent)}:{number}: {line.strip()}")
+    assert not hits, "\n".join(hits)
+
+
+def test_outside_reference_pattern_catches_examples():
+    assert _OUTSIDE.search("cf. bojone/GlobalPointer issue #2")
+    assert _OUTSIDE.search("see shared/DATA.md")
+    assert _OUTSIDE.search("(issue 3)")
+    assert not _OUTSIDE.search("the issue with padding is")

@@ -1,4 +1,4 @@
-"""Tests for kexue.data: counts against shared/DATA.md, span round-trips, errors."""
+"""Tests for kexue.data: counts against the figures on the Data page, span round-trips, errors."""
 
 from __future__ import annotations
 
