@@ -1,7 +1,8 @@
 """Benchmark for book chapter 05 (token mixers): forward time against sequence length,
 throughput of the experiment's encoders, and a side-by-side check with lucidrains' peers.
 
-Writes ``benchmarks/results/mixers.json``; the chapter only reads that file.
+Writes the record ``benchmarks/mixers`` (``kexue/results/benchmarks/mixers.json``, through
+``kexue.experiments.records.write_record``); the chapter only reads it.
 
     .venv/bin/python benchmarks/mixers.py            # ~1-2 minutes on 2 CPU cores
 
@@ -14,7 +15,6 @@ it timed. timm is not used (it is not installed: it pulls in torchvision).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import sys
 import time
@@ -26,8 +26,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kexue import mixers  # noqa: E402
+from kexue.experiments.ch05_mixers import CONFIGS, CharTagger, PatchClassifier, encoder_config  # noqa: E402
+from kexue.experiments.records import write_record  # noqa: E402
 from kexue.mixers import MIXERS  # noqa: E402
+from kexue.nn import patchify  # noqa: E402
 from kexue.utils import seed_everything  # noqa: E402
 
 DIM, BATCH, HEADS = 64, 2, 4
@@ -94,17 +96,17 @@ def scaling() -> dict:
 
 
 def throughput() -> dict:
-    cfg = mixers.configs()["smoke"]
+    cfg = CONFIGS["smoke"]
     out = {}
     images = torch.rand(497, 8, 8)
-    patches = mixers.digits_patches(images, cfg.patch)
+    patches = patchify(images, cfg.patch)
     ids = torch.randint(2, 3000, (64, cfg.msra_len))
     mask = torch.ones_like(ids, dtype=torch.bool)
     for name in MIXERS:
         seed_everything(0)
-        clf = mixers.PatchClassifier(mixers.encoder_config(name, cfg, vocab_size=1, max_len=patches.shape[1]),
-                                     patches.shape[2], 10).eval()
-        tagger = mixers.CharTagger(mixers.encoder_config(name, cfg, vocab_size=3000, max_len=cfg.msra_len)).eval()
+        clf = PatchClassifier(encoder_config(name, cfg, vocab_size=1, max_len=patches.shape[1]),
+                              patches.shape[2], 10).eval()
+        tagger = CharTagger(encoder_config(name, cfg, vocab_size=3000, max_len=cfg.msra_len)).eval()
         t_d = timed(lambda: clf(patches))
         t_m = timed(lambda: tagger(ids, mask))
         out[name] = {"digits_per_s": len(images) / t_d, "msra_per_s": len(ids) / t_m,
@@ -188,9 +190,7 @@ def main() -> None:
         for n in (512, 2048) if times["attention"].get(n) and times[k].get(n)
     }
     meta["wall_s"] = time.time() - t0
-    out = ROOT / "benchmarks" / "results" / "mixers.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2))
+    out = write_record("benchmarks/mixers", data)
     print(f"wrote {out} in {meta['wall_s']:.0f} s")
 
 

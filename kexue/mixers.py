@@ -23,19 +23,20 @@ accepts ``seq <= seq_len`` and uses the leading ``seq x seq`` block of its
 weights, which is exactly what it computes on the input right-padded to
 ``seq_len`` with the padding masked out. Longer inputs raise ``ValueError``.
 
-See: book chapter 05 (``book/05_token_mixers.md``).
+See: book chapter 05 (``book/05_token_mixers.md``); its experiment (the same
+encoder trained with each mixer) lives in :mod:`kexue.experiments.ch05_mixers`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kexue import checks
 from kexue.attention import MultiHeadSelfAttention, TransformerConfig
 
 __all__ = [
@@ -52,33 +53,10 @@ __all__ = [
     "MIXERS",
     "dft_matrix",
     "complex_dtype_for",
-    "ExperimentConfig",
-    "configs",
-    "experiment_config",
-    "encoder_config",
-    "digits_patches",
-    "digits_data",
-    "PatchClassifier",
-    "msra_data",
-    "CharTagger",
-    "run_digits",
-    "run_msra",
-    "msra_predict",
-    "msra_scores",
-    "probe",
-    "prediction_agreement",
-    "padding_shift",
-    "plot_scaling",
 ]
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def complex_dtype_for(dtype: torch.dtype) -> torch.dtype:
@@ -90,9 +68,9 @@ def dft_matrix(m: int, *, dtype: torch.dtype = torch.complex128, device: torch.d
     """The DFT matrix ``(F_m)_{jk} = exp(-2 pi i j k / m)``, shape ``(m, m)``.
 
     ``j k`` is reduced modulo ``m`` before the division so the angle stays exact
-    for large ``m``. See: book chapter 05, equation ``ch05-fnet``.
+    for large ``m``. Equation ``ch05-fnet``.
     """
-    _check_positive_int("m", m)
+    checks.positive_int("m", m)
     if not dtype.is_complex:
         raise TypeError(f"dtype must be a complex dtype, got {dtype}")
     real = torch.float64 if dtype == torch.complex128 else torch.float32
@@ -148,8 +126,8 @@ def _squeeze_heads(t: torch.Tensor) -> torch.Tensor:
 class TokenMixer(nn.Module):
     """Base class: ``(batch, seq, dim) -> (batch, seq, dim)`` mixing along ``seq``.
 
-    Class attributes describe what the mixer gives up (the notebook checks each
-    one with a probe): ``fixed_length`` (weights tied to positions, so
+    Class attributes describe what the mixer gives up (the chapter measures each
+    one on a random instance): ``fixed_length`` (weights tied to positions, so
     ``seq <= seq_len``), ``supports_causal``, ``padding`` (``"exact"``: outputs at
     real tokens ignore everything about the padding; ``"content"``: they ignore the
     padded tokens' content but not how many there are), ``permutation_equivariant``
@@ -158,8 +136,6 @@ class TokenMixer(nn.Module):
     Subclasses with a token matrix implement ``_matrix`` (``(b, h, n, n)``),
     ``_values`` (``(b, h, n, dh)``) and ``readout``; the base class then provides
     ``token_matrix``, ``values`` and ``forward_reference``.
-
-    See: book chapter 05.
     """
 
     key: ClassVar[str] = ""
@@ -173,8 +149,8 @@ class TokenMixer(nn.Module):
 
     def __init__(self, dim: int, seq_len: int, *, causal: bool = False) -> None:
         super().__init__()
-        self.dim = _check_positive_int("dim", dim)
-        self.seq_len = _check_positive_int("seq_len", seq_len)
+        self.dim = checks.positive_int("dim", dim)
+        self.seq_len = checks.positive_int("seq_len", seq_len)
         if not isinstance(causal, bool):
             raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
         if causal and not self.supports_causal:
@@ -248,14 +224,14 @@ class TokenMixer(nn.Module):
 
 
 class SelfAttention(TokenMixer):
-    r"""Softmax self-attention, a thin wrapper around :class:`kexue.nn.MultiHeadSelfAttention`.
+    r"""Softmax self-attention, a thin wrapper around :class:`kexue.attention.MultiHeadSelfAttention`.
 
     .. math:: O = \mathrm{softmax}\big(Q K^\top / \sqrt{d_h} + M\big) V W_o,\quad Q,K,V = X W_{q,k,v}
 
     ``forward`` calls the shared encoder's attention (``F.scaled_dot_product_attention``);
     ``token_matrix`` builds the softmax explicitly from the same weights. With
     ``causal=True`` the wrapper runs the same weights with a lower-triangular mask.
-    ``seq_len`` is not used: attention takes any length. See: book chapter 05.
+    ``seq_len`` is not used: attention takes any length. Equation ``ch05-attention``.
     """
 
     key = "attention"
@@ -265,7 +241,7 @@ class SelfAttention(TokenMixer):
     def __init__(self, dim: int, seq_len: int, *, heads: int = 1, dropout: float = 0.0,
                  causal: bool = False, scale: float | None = None) -> None:
         super().__init__(dim, seq_len, causal=causal)
-        _check_positive_int("heads", heads)
+        checks.positive_int("heads", heads)
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         config = TransformerConfig(dim=dim, heads=heads, max_len=seq_len, attention_dropout=dropout,
@@ -308,7 +284,7 @@ class _Synthesizer(TokenMixer):
 
     def __init__(self, dim: int, seq_len: int, *, heads: int, causal: bool) -> None:
         super().__init__(dim, seq_len, causal=causal)
-        _check_positive_int("heads", heads)
+        checks.positive_int("heads", heads)
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         self.heads = heads
@@ -334,7 +310,7 @@ class SynthesizerRandom(_Synthesizer):
 
     ``R`` does not depend on the input: every sample gets the same matrix.
     ``trainable=False`` freezes the random ``R`` (the paper's "fixed" variant).
-    See: book chapter 05, equation ``ch05-synth-random``.
+    Equation ``ch05-synth-random``.
     """
 
     key = "synthesizer_random"
@@ -367,7 +343,7 @@ class SynthesizerDense(_Synthesizer):
               O = \mathrm{softmax}(B_{:, :n} + M)\, X W_v W_o
 
     No query-key products: token ``i``'s weights over positions come from ``x_i`` alone.
-    See: book chapter 05, equation ``ch05-synth-dense``.
+    Equation ``ch05-synth-dense``.
     """
 
     key = "synthesizer_dense"
@@ -377,7 +353,7 @@ class SynthesizerDense(_Synthesizer):
     def __init__(self, dim: int, seq_len: int, *, heads: int = 1, hidden: int | None = None,
                  causal: bool = False) -> None:
         super().__init__(dim, seq_len, heads=heads, causal=causal)
-        hidden = dim if hidden is None else _check_positive_int("hidden", hidden)
+        hidden = dim if hidden is None else checks.positive_int("hidden", hidden)
         self.hidden_layer = nn.Linear(dim, hidden)
         self.logit_layer = nn.Linear(hidden, heads * seq_len)
         self._value_and_output()
@@ -407,7 +383,7 @@ class MixerTokenMLP(TokenMixer):
     layer collapses to one fixed matrix ``A = W_2 W_1`` (rank ``<= D_S``) plus a
     bias, and ``token_matrix`` returns it; with GELU there is no single matrix.
     Padding is honoured by zeroing padded rows of ``V``. Cannot be causal.
-    See: book chapter 05, equation ``ch05-mixer``.
+    Equation ``ch05-mixer``.
     """
 
     key = "mixer"
@@ -425,7 +401,7 @@ class MixerTokenMLP(TokenMixer):
             if not expansion > 0:
                 raise ValueError(f"expansion must be > 0, got {expansion!r}")
             hidden = max(1, int(expansion * dim))
-        self.hidden = _check_positive_int("hidden", hidden)
+        self.hidden = checks.positive_int("hidden", hidden)
         self.activation = activation
         self.has_token_matrix = activation == "identity"  # instance-level override
         self.w1 = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.hidden, seq_len)))
@@ -487,7 +463,7 @@ class ResMLPTokenMixing(TokenMixer):
     ``A`` (``L x L``, with bias ``b``) is literally a fixed attention matrix without
     softmax; ``gamma`` is the LayerScale (``init_values``, the paper's 0.1 at depth 12).
     ``causal=True`` keeps the lower triangle of ``A``.
-    See: book chapter 05, equation ``ch05-resmlp``.
+    Equation ``ch05-resmlp``.
     """
 
     key = "resmlp"
@@ -539,7 +515,7 @@ class SpatialGatingUnit(TokenMixer):
     passes ``Z_1`` through. ``hidden`` is the width of each half (default ``dim``).
     ``causal=True`` keeps the lower triangle of ``W`` (as lucidrains' ``causal``).
     In :class:`kexue.nn.TransformerEncoder` the block's FFN follows, which gMLP's own
-    blocks do not have. See: book chapter 05, equation ``ch05-gmlp``.
+    blocks do not have. Equation ``ch05-gmlp``.
     """
 
     key = "gmlp"
@@ -549,7 +525,7 @@ class SpatialGatingUnit(TokenMixer):
     def __init__(self, dim: int, seq_len: int, *, hidden: int | None = None, init_std: float = 1e-6,
                  layer_norm_eps: float = 1e-5, causal: bool = False) -> None:
         super().__init__(dim, seq_len, causal=causal)
-        self.hidden = dim if hidden is None else _check_positive_int("hidden", hidden)
+        self.hidden = dim if hidden is None else checks.positive_int("hidden", hidden)
         self.proj_in = nn.Linear(dim, 2 * self.hidden)
         self.norm = nn.LayerNorm(self.hidden, eps=layer_norm_eps)
         self.weight = nn.Parameter(torch.randn(seq_len, seq_len) * init_std)
@@ -597,7 +573,7 @@ class FNetMixing(TokenMixer):
     ``values`` returns ``X F_d`` and ``readout`` takes the real part. A mask zeroes
     the padded rows first, so outputs ignore the padding's content, but ``n`` is the
     padded length: outputs still change with the amount of padding. ``seq_len`` is
-    not used. Cannot be causal. See: book chapter 05, equation ``ch05-fnet``.
+    not used. Cannot be causal. Equation ``ch05-fnet``.
     """
 
     key = "fnet"
@@ -638,7 +614,7 @@ class ExternalAttention(TokenMixer):
     over the slots; ``"row"``: one softmax over the slots, a per-token map. The
     matrix is token-to-slot (``slot_matrix``), not token-to-token, so there is no
     ``token_matrix``. The double normalisation sums over all tokens and so cannot be
-    causal; the row variant is trivially causal. See: book chapter 05, equation ``ch05-ea``.
+    causal; the row variant is trivially causal. Equation ``ch05-ea``.
     """
 
     key = "external_attention"
@@ -657,8 +633,8 @@ class ExternalAttention(TokenMixer):
                 "tokens sums over every position, future ones included"
             )
         super().__init__(dim, seq_len, causal=causal)
-        _check_positive_int("slots", slots)
-        _check_positive_int("heads", heads)
+        checks.positive_int("slots", slots)
+        checks.positive_int("heads", heads)
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         head_dim = dim // heads
@@ -728,7 +704,7 @@ class AFTSimple(TokenMixer):
     ``(batch, dim, seq, seq)``. The fast path pools once (``O(n d)``); with
     ``causal=True`` it uses cumulative sums, shifted by each channel's maximum key
     (keys more than ~80 below a later maximum underflow in float32).
-    See: book chapter 05, equation ``ch05-aft``.
+    Equation ``ch05-aft``.
     """
 
     key = "aft_simple"
@@ -787,409 +763,3 @@ MIXERS: dict[str, type[TokenMixer]] = {
         AFTSimple,
     )
 }
-
-
-# =========================================================================== experiment
-# The same small encoder (kexue.nn.TransformerEncoder, config.mixer swapped) on
-# sklearn digits as patches and on MSRA character tagging. See: book chapter 05.
-
-
-@dataclass
-class ExperimentConfig:
-    """One profile of the chapter's experiment (``smoke`` on CPU, ``full`` on a GPU)."""
-
-    seed: int = 0  # seeds the data split and every model's initialisation
-    mixers: tuple[str, ...] = tuple(MIXERS)  # which mixers to train
-    dim: int = 32  # hidden size of every encoder
-    depth: int = 2  # blocks per encoder
-    heads: int = 4  # heads of softmax attention, both Synthesizers and External Attention
-    ffn_dim: int = 64  # inner width of each block's feed-forward network
-    slots: int = 32  # External Attention memory rows S
-    dropout: float = 0.0  # hidden dropout (0 in the smoke run: too few steps to matter)
-    lr: float = 3e-3  # AdamW peak learning rate (linear warm-up 5%, then cosine)
-    weight_decay: float = 0.01  # AdamW weight decay
-    batch_size: int = 64  # training batch size for both tasks
-    patch: int = 2  # digits: side of a square patch; 8x8 images give (8/patch)^2 tokens of patch^2 pixels
-    digits_test: int = 497  # digits: images held out after a seeded shuffle (1,300 remain for training)
-    digits_epochs: int = 6  # digits: passes over the training images
-    msra_train: int = 3000  # MSRA: first sentences of the official train split used for training
-    msra_test: int = 1000  # MSRA: first sentences of the official test split used for evaluation
-    msra_len: int = 64  # MSRA: sentences are cut to this many characters; every tagger's max_len
-    msra_epochs: int = 3  # MSRA: passes over the training sentences
-    mixer_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # extra options per mixer
-
-    def options_for(self, name: str) -> dict[str, Any]:
-        """The options ``MIXERS[name]`` is built with inside the encoder."""
-        base: dict[str, Any] = {}
-        if name in ("synthesizer_random", "synthesizer_dense"):
-            base = {"heads": self.heads}
-        elif name == "external_attention":
-            base = {"heads": self.heads, "slots": self.slots}
-        return {**base, **self.mixer_options.get(name, {})}
-
-
-def configs() -> dict[str, ExperimentConfig]:
-    """``smoke`` (CPU, about a minute for all mixers and both tasks) and ``full`` (GPU)."""
-    smoke = ExperimentConfig(depth=1, slots=16, lr=1e-2, digits_epochs=10, msra_train=2000, msra_test=500,
-                             msra_len=32, msra_epochs=4)
-    full = ExperimentConfig(dim=128, depth=4, ffn_dim=512, slots=64, dropout=0.1, lr=1e-3, batch_size=128,
-                            digits_epochs=100, msra_train=50_711, msra_test=4_578, msra_len=128, msra_epochs=10)
-    return {"smoke": smoke, "full": full}
-
-
-def experiment_config(profile: str | None = None) -> ExperimentConfig:
-    """The config of ``profile`` (default: :func:`kexue.utils.profile`)."""
-    from kexue.utils import profile as current_profile
-
-    name = current_profile() if profile is None else profile
-    table = configs()
-    if name not in table:
-        raise ValueError(f"profile must be one of {tuple(table)}, got {name!r}")
-    return table[name]
-
-
-def encoder_config(name: str, cfg: ExperimentConfig, *, vocab_size: int, max_len: int):
-    """The shared encoder's ``TransformerConfig`` with the token mixer ``name`` (pre-LN, learned positions)."""
-    from kexue.nn import TransformerConfig
-
-    if name not in MIXERS:
-        raise ValueError(f"name must be one of {sorted(MIXERS)}, got {name!r}")
-    options = {} if name == "attention" else cfg.options_for(name)
-    return TransformerConfig(vocab_size=vocab_size, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
-                             ffn_dim=cfg.ffn_dim, max_len=max_len, dropout=cfg.dropout, attention_dropout=0.0,
-                             norm="pre", position="learned", mixer=name, mixer_options=options)
-
-
-# --------------------------------------------------------------------------- digits as patches
-
-
-def digits_patches(images: torch.Tensor, patch: int) -> torch.Tensor:
-    """``(N, H, W)`` images to ``(N, (H/p)(W/p), p*p)`` non-overlapping patches in row-major order."""
-    if images.dim() != 3:
-        raise ValueError(f"images must have shape (N, H, W), got {tuple(images.shape)}")
-    _check_positive_int("patch", patch)
-    n, h, w = images.shape
-    if h % patch or w % patch:
-        raise ValueError(f"patch={patch} must divide the image size {h}x{w}")
-    p = images.reshape(n, h // patch, patch, w // patch, patch).permute(0, 1, 3, 2, 4)  # (N, gh, gw, p, p)
-    return p.reshape(n, (h // patch) * (w // patch), patch * patch)
-
-
-class PatchClassifier(nn.Module):
-    """Linear patch embedding, the shared encoder, mean pooling, a linear classifier."""
-
-    def __init__(self, config, patch_dim: int, num_classes: int) -> None:
-        super().__init__()
-        from kexue.nn import TransformerEncoder
-
-        self.embed = nn.Linear(patch_dim, config.dim)
-        self.encoder = TransformerEncoder(config)
-        self.head = nn.Linear(config.dim, num_classes)
-
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(inputs_embeds=self.embed(patches)).mean(dim=1))
-
-
-def digits_data(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
-    """Seeded train/test split of the 1,797 digits as patch sequences."""
-    from kexue.data import load_digits
-
-    images, labels = load_digits()
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(cfg.seed))
-    x, y = digits_patches(images[order], cfg.patch), labels[order]
-    k = len(y) - cfg.digits_test
-    return {"x_train": x[:k], "y_train": y[:k], "x_test": x[k:], "y_test": y[k:]}
-
-
-# --------------------------------------------------------------------------- MSRA character tagging
-
-#: BIO tags over MSRA's three entity types; index 0 is "O".
-MSRA_TAGS: tuple[str, ...] = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")
-_TAG_ID = {t: i for i, t in enumerate(MSRA_TAGS)}
-
-
-def char_vocab(texts, min_count: int = 1) -> dict[str, int]:
-    """Characters seen at least ``min_count`` times; id 0 is [PAD], 1 is [UNK]."""
-    from collections import Counter
-
-    counts = Counter(ch for text in texts for ch in text)
-    chars = sorted(ch for ch, c in counts.items() if c >= min_count)
-    return {"[PAD]": 0, "[UNK]": 1, **{ch: i + 2 for i, ch in enumerate(chars)}}
-
-
-def bio_tag_ids(length: int, spans) -> list[int]:
-    """Tag ids of one sentence from its ``(start, end_inclusive, type)`` spans."""
-    tags = [0] * length
-    for start, end, kind in spans:
-        tags[start] = _TAG_ID[f"B-{kind}"]
-        for i in range(start + 1, end + 1):
-            tags[i] = _TAG_ID[f"I-{kind}"]
-    return tags
-
-
-def bio_spans(tag_ids) -> set[tuple[int, int, str]]:
-    """Spans from BIO tag ids; an ``I-X`` that does not continue an ``X`` opens a new span."""
-    spans, start, kind = set(), None, None
-    for i, t in enumerate(list(tag_ids) + [0]):
-        name = MSRA_TAGS[int(t)]
-        inside = name.startswith("I-") and kind == name[2:]
-        if start is not None and not inside:
-            spans.add((start, i - 1, kind))
-            start, kind = None, None
-        if name != "O" and not inside:
-            start, kind = i, name[2:]
-    return spans
-
-
-def msra_data(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Slices of MSRA as padded id/tag tensors (sentences cut to ``cfg.msra_len``)."""
-    from kexue.data import load_msra
-
-    train, test = load_msra("train")[: cfg.msra_train], load_msra("test")[: cfg.msra_test]
-    vocab = char_vocab(ex.text for ex in train)
-    out: dict[str, Any] = {"vocab": vocab}
-    for split, examples in (("train", train), ("test", test)):
-        n = len(examples)
-        ids = torch.zeros(n, cfg.msra_len, dtype=torch.long)
-        tags = torch.full((n, cfg.msra_len), -100, dtype=torch.long)
-        lengths = torch.zeros(n, dtype=torch.long)
-        for row, ex in enumerate(examples):
-            text = ex.text[: cfg.msra_len]
-            spans = [s for s in ex.spans if s[1] < len(text)]
-            ids[row, : len(text)] = torch.tensor([vocab.get(ch, 1) for ch in text], dtype=torch.long)
-            tags[row, : len(text)] = torch.tensor(bio_tag_ids(len(text), spans), dtype=torch.long)
-            lengths[row] = len(text)
-        out[split] = {"ids": ids, "tags": tags, "lengths": lengths}
-    return out
-
-
-class CharTagger(nn.Module):
-    """The shared encoder over characters and a linear tag classifier per position."""
-
-    def __init__(self, config, num_tags: int = len(MSRA_TAGS)) -> None:
-        super().__init__()
-        from kexue.nn import TransformerEncoder
-
-        self.encoder = TransformerEncoder(config)
-        self.head = nn.Linear(config.dim, num_tags)
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.encoder(ids, mask))
-
-
-# --------------------------------------------------------------------------- training
-
-
-def _train(model: nn.Module, step_loss, num_examples: int, epochs: int, cfg: ExperimentConfig,
-           device: torch.device) -> list[float]:
-    """AdamW with 5% linear warm-up and cosine decay; returns the loss of every step."""
-    generator = torch.Generator().manual_seed(cfg.seed)
-    steps = epochs * math.ceil(num_examples / cfg.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
-    losses: list[float] = []
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(num_examples, generator=generator).split(cfg.batch_size):
-            loss = step_loss(idx.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-    model.eval()
-    return losses
-
-
-def run_digits(name: str, cfg: ExperimentConfig, data: dict[str, torch.Tensor],
-               device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Train one patch classifier with mixer ``name``; report test accuracy and sizes."""
-    from kexue.nn import count_parameters
-    from kexue.utils import seed_everything
-
-    device = torch.device(device)
-    seed_everything(cfg.seed)
-    x_train, y_train = data["x_train"].to(device), data["y_train"].to(device)
-    tokens, patch_dim = x_train.shape[1:]
-    config = encoder_config(name, cfg, vocab_size=1, max_len=tokens)
-    model = PatchClassifier(config, patch_dim, 10).to(device)
-    losses = _train(model, lambda i: F.cross_entropy(model(x_train[i]), y_train[i]),
-                    len(y_train), cfg.digits_epochs, cfg, device)
-    with torch.no_grad():
-        pred = model(data["x_test"].to(device)).argmax(-1).cpu()
-    return {"mixer": name, "accuracy": (pred == data["y_test"]).double().mean().item(), "losses": losses,
-            "parameters": count_parameters(model), "mixer_parameters": _mixer_parameters(model),
-            "model": model}
-
-
-def _mixer_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for block in model.encoder.blocks for p in block.attention.parameters() if p.requires_grad)
-
-
-def msra_predict(model: CharTagger, split: dict[str, torch.Tensor], *, frame: str = "fixed",
-                 batch_size: int = 256) -> list[list[int]]:
-    """Predicted tag ids of every sentence (real characters only).
-
-    ``frame="fixed"`` pads every batch to the training length (as in training);
-    ``frame="tight"`` sorts sentences by length and pads each batch only to its
-    longest sentence, so the same sentence is seen with less padding.
-    """
-    if frame not in ("fixed", "tight"):
-        raise ValueError(f"frame must be 'fixed' or 'tight', got {frame!r}")
-    device = next(model.parameters()).device
-    ids, lengths = split["ids"], split["lengths"]
-    order = torch.argsort(lengths, descending=True, stable=True) if frame == "tight" else torch.arange(len(lengths))
-    preds: list[list[int]] = [[] for _ in range(len(lengths))]
-    with torch.no_grad():
-        for chunk in order.split(batch_size):
-            width = int(lengths[chunk].max()) if frame == "tight" else ids.shape[1]
-            batch = ids[chunk, :width].to(device)
-            mask = torch.arange(width, device=device)[None] < lengths[chunk].to(device)[:, None]
-            tags = model(batch, mask).argmax(-1).cpu()
-            for row, i in enumerate(chunk.tolist()):
-                preds[i] = tags[row, : int(lengths[i])].tolist()
-    return preds
-
-
-def msra_scores(preds: list[list[int]], split: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Token accuracy and exact-match entity precision/recall/F1 over the real characters."""
-    correct = total = tp = n_pred = n_gold = 0
-    for i, pred in enumerate(preds):
-        gold = split["tags"][i, : int(split["lengths"][i])].tolist()
-        correct += sum(int(p == g) for p, g in zip(pred, gold))
-        total += len(gold)
-        ps, gs = bio_spans(pred), bio_spans(gold)
-        tp, n_pred, n_gold = tp + len(ps & gs), n_pred + len(ps), n_gold + len(gs)
-    precision = tp / n_pred if n_pred else 0.0
-    recall = tp / n_gold if n_gold else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"token_accuracy": correct / total, "precision": precision, "recall": recall, "f1": f1}
-
-
-def run_msra(name: str, cfg: ExperimentConfig, data: dict[str, Any],
-             device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Train one character tagger with mixer ``name`` on padded, masked batches."""
-    from kexue.nn import count_parameters
-    from kexue.utils import seed_everything
-
-    device = torch.device(device)
-    seed_everything(cfg.seed)
-    train = {k: v.to(device) for k, v in data["train"].items()}
-    config = encoder_config(name, cfg, vocab_size=len(data["vocab"]), max_len=cfg.msra_len)
-    model = CharTagger(config).to(device)
-    mask = train["tags"] != -100
-
-    def step_loss(i: torch.Tensor) -> torch.Tensor:
-        logits = model(train["ids"][i], mask[i])
-        return F.cross_entropy(logits.flatten(0, 1), train["tags"][i].flatten(), ignore_index=-100)
-
-    losses = _train(model, step_loss, len(train["ids"]), cfg.msra_epochs, cfg, device)
-    scores = msra_scores(msra_predict(model, data["test"]), data["test"])
-    return {"mixer": name, **scores, "losses": losses, "parameters": count_parameters(model),
-            "mixer_parameters": _mixer_parameters(model), "model": model}
-
-
-# --------------------------------------------------------------------------- what each mixer gives up
-
-
-def probe(name: str, *, dim: int = 8, seq_len: int = 10, seed: int = 0) -> dict[str, Any]:
-    """Measure, on a random float64 mixer, what ``MIXERS[name]`` gives up.
-
-    * ``longer_input``: does it run on ``seq_len + 4`` tokens (or raise ``ValueError``)?
-    * ``permutation_equivariant``: does permuting the tokens permute the outputs?
-    * ``causal``: can it be built with ``causal=True``?
-    * ``padding``: ``"exact"`` if a sequence of 5 padded to 9 (masked) gives the same
-      outputs as the unpadded sequence, ``"content"`` if only the padding's content
-      is ignored, ``"leaks"`` if even that changes the outputs.
-
-    See: book chapter 05, section ``ch05-gives-up``.
-    """
-    from kexue.utils import seed_everything
-
-    seed_everything(seed)
-    cls = MIXERS[name]
-    module = cls(dim, seq_len).double().eval()
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    x = torch.randn(2, 7, dim, dtype=torch.float64)
-    perm = torch.randperm(7)
-    equivariant = bool((module(x[:, perm]) - module(x)[:, perm]).abs().max() < 1e-10)
-    try:
-        module(torch.randn(1, seq_len + 4, dim, dtype=torch.float64))
-        longer = True
-    except ValueError:
-        longer = False
-    try:
-        cls(dim, seq_len, causal=True)
-        causal = True
-    except ValueError:
-        causal = False
-    short = torch.randn(2, 5, dim, dtype=torch.float64)
-    mask = torch.arange(9)[None].expand(2, -1) < 5
-    padded = torch.cat([short, torch.randn(2, 4, dim, dtype=torch.float64)], dim=1)
-    other = torch.cat([short, 50 * torch.randn(2, 4, dim, dtype=torch.float64)], dim=1)
-    y = module(padded, mask)[:, :5]
-    if (y - module(short)).abs().max() < 1e-10:
-        padding = "exact"
-    elif (y - module(other, mask)[:, :5]).abs().max() < 1e-10:
-        padding = "content"
-    else:
-        padding = "leaks"
-    return {"mixer": name, "longer_input": longer, "permutation_equivariant": equivariant, "causal": causal,
-            "padding": padding, "complexity": cls.complexity}
-
-
-def prediction_agreement(a: list[list[int]], b: list[list[int]]) -> float:
-    """Fraction of characters whose predicted tag is the same in ``a`` and ``b``."""
-    same = sum(int(x == y) for pa, pb in zip(a, b) for x, y in zip(pa, pb))
-    total = sum(len(pa) for pa in a)
-    return same / total if total else 1.0
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def plot_scaling(results: dict[str, Any], ax=None):
-    """Forward time against sequence length from ``benchmarks/results/mixers.json`` (log-log)."""
-    from kexue.plot import PALETTE, figure
-
-    if ax is None:
-        _, ax = figure(1, 1, width=6.0, height=4.0)
-    for i, (name, rows) in enumerate(results["scaling"]["times"].items()):
-        pts = [(r["seq_len"], r["ms"]) for r in rows if r.get("ms") is not None]
-        if pts:
-            xs, ys = zip(*pts)
-            ax.plot(xs, ys, "o-", color=PALETTE[i % len(PALETTE)], label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("sequence length n")
-    ax.set_ylabel("forward time (ms)")
-    ax.legend()
-    return ax
-
-
-def padding_shift(model: CharTagger, split: dict[str, torch.Tensor], count: int = 32) -> dict[str, float]:
-    """How a trained tagger's outputs move when a sentence is fed without its training padding.
-
-    For each of the first ``count`` sentences, compare the logits at the real
-    characters when the sentence is padded to the training length (masked) and
-    when it is fed alone at its own length. Returns the largest absolute logit
-    difference and the fraction of characters whose predicted tag is unchanged.
-    See: book chapter 05, section ``ch05-length``.
-    """
-    device = next(model.parameters()).device
-    worst, same, total = 0.0, 0, 0
-    with torch.no_grad():
-        for i in range(min(count, len(split["lengths"]))):
-            n = int(split["lengths"][i])
-            ids = split["ids"][i : i + 1].to(device)
-            mask = torch.arange(ids.shape[1], device=device)[None] < n
-            padded = model(ids, mask)[0, :n]
-            alone = model(ids[:, :n])[0]
-            worst = max(worst, (padded - alone).abs().max().item())
-            same += int((padded.argmax(-1) == alone.argmax(-1)).sum())
-            total += n
-    return {"max_logit_change": worst, "same_prediction": same / max(total, 1)}
