@@ -1,15 +1,13 @@
 """Benchmark for chapter 04: vMF sampling and log_prob, kexue vs SciPy vs power_spherical.
 
 Run: ``.venv/bin/python benchmarks/vmf.py`` (about 1-2 minutes on 2 CPU cores).
-Writes ``benchmarks/results/vmf.json``. power_spherical is a *different*
+Writes the record ``benchmarks/vmf`` (``kexue/results/benchmarks/vmf.json``). power_spherical is a *different*
 distribution (density ~ (1 + mu.z)^kappa); its times are context only.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import pathlib
 import platform
 import time
 
@@ -17,6 +15,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from kexue.experiments.records import write_record
 from kexue.vmf import VonMisesFisher
 
 try:
@@ -85,9 +84,7 @@ def main() -> None:
         "power_spherical": None if PowerSpherical is None else "power-spherical==0.8.1",
         "rows": rows,
     }
-    path = pathlib.Path(__file__).parent / "results" / "vmf.json"
-    path.write_text(json.dumps(out, indent=1))
-    print("wrote", path)
+    print("wrote", write_record("benchmarks/vmf", out))
 
 
 if __name__ == "__main__":

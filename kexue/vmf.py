@@ -1,11 +1,12 @@
-"""The von Mises-Fisher distribution on the sphere and the vMF-VAE.
+"""The von Mises-Fisher distribution on the sphere, the posterior of the vMF-VAE.
 
 Source: Su Jianlin, "Variational autoencoders (VII): a VAE on the sphere
 (vMF-VAE)", Scientific Spaces, 2021-05-17, https://kexue.fm/archives/8404.
 Background: Davidson et al. 2018 (arXiv 1804.00891), Xu & Durrett 2018
 (arXiv 1808.10805), Wood 1994 (the rejection sampler for w).
 
-See: book chapter 04.
+Book chapter 04 (``ch04-vmf-vae``) derives and checks every function here;
+its experiment lives in ``kexue.experiments.ch04_vmf``.
 
 Conventions (declared in the chapter):
 
@@ -26,13 +27,14 @@ Conventions (declared in the chapter):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import Distribution, constraints, register_kl
+
+from kexue import checks
 
 __all__ = [
     "log_bessel_iv",
@@ -48,11 +50,6 @@ __all__ = [
     "implicit_dw_dkappa",
     "VonMisesFisher",
     "HypersphericalUniform",
-    "VAEConfig",
-    "configs",
-    "VAE",
-    "train_vae",
-    "active_units",
 ]
 
 # ---------------------------------------------------------------------------
@@ -70,18 +67,15 @@ def _check_dim(dim: int, name: str = "dim") -> int:
     return int(dim)
 
 
-def _check_order(v: float) -> float:
-    v = float(v)
-    if not math.isfinite(v) or v < 0:
-        raise ValueError(f"order v must be a finite number >= 0, got {v}")
-    return v
+def _finite_nonnegative(name: str, value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
 
 
 def _check_kappa(kappa: Tensor, name: str = "concentration") -> None:
-    if not torch.is_tensor(kappa):
-        raise TypeError(f"{name} must be a tensor, got {type(kappa).__name__}")
-    if not torch.is_floating_point(kappa):
-        raise TypeError(f"{name} must be a floating-point tensor, got {kappa.dtype}")
+    checks.floating_tensor(name, kappa)
     if torch.isnan(kappa).any() or torch.isinf(kappa).any():
         raise ValueError(f"{name} must be finite, got NaN or inf")
     if (kappa < 0).any():
@@ -188,25 +182,22 @@ def log_bessel_iv(v: float, x: Tensor) -> Tensor:
 
     Never overflows: the uniform asymptotic expansion at order >= 100 plus a
     backward recurrence of Bessel ratios. Relative accuracy ~1e-12 in float64.
-    See: book chapter 04, eq. ch04-normaliser.
+    The Bessel function of eq. ch04-normaliser.
     """
-    v = _check_order(v)
+    v = _finite_nonnegative("order v", v)
     _check_kappa(x, "x")
     return _LogIv.apply(x, v)
 
 
 def bessel_ratio(v: float, x: Tensor) -> Tensor:
     """``I_{v+1}(x) / I_v(x)`` for ``v >= 0``, ``x >= 0`` (differentiable in ``x``)."""
-    v = _check_order(v)
+    v = _finite_nonnegative("order v", v)
     _check_kappa(x, "x")
     return _Ratio.apply(x, v)
 
 
 def mean_resultant_length(concentration: Tensor | float, dim: int) -> Tensor:
-    """``A_d(kappa) = I_{d/2}(kappa) / I_{d/2-1}(kappa) = E[w]`` (eq. ch04-mean).
-
-    See: book chapter 04.
-    """
+    """``A_d(kappa) = I_{d/2}(kappa) / I_{d/2-1}(kappa) = E[w]`` (eq. ch04-mean)."""
     dim = _check_dim(dim)
     kappa = _as_kappa(concentration)
     return _Ratio.apply(kappa, dim / 2.0 - 1.0)
@@ -222,7 +213,7 @@ def log_vmf_normalizer(concentration: Tensor | float, dim: int) -> Tensor:
     """``log C_{d,kappa} = (d/2-1) log kappa - (d/2) log(2 pi) - log I_{d/2-1}(kappa)``.
 
     At ``kappa = 0`` it returns ``-log |S^{d-1}|`` (the uniform density).
-    See: book chapter 04, eq. ch04-normaliser.
+    Eq. ch04-normaliser.
     """
     dim = _check_dim(dim)
     kappa = _as_kappa(concentration)
@@ -239,8 +230,7 @@ def log_vmf_normalizer(concentration: Tensor | float, dim: int) -> Tensor:
 def vmf_kl_uniform(concentration: Tensor | float, dim: int) -> Tensor:
     """``KL(vMF(mu, kappa) || U(S^{d-1})) = kappa A_d(kappa) + log C_{d,kappa} + log |S^{d-1}|``.
 
-    Depends on ``kappa`` and ``d`` only, never on ``mu`` (eq. ch04-kl).
-    See: book chapter 04.
+    Depends on ``kappa`` and ``d`` only, never on ``mu`` (eq. ch04-kl-formula).
     """
     dim = _check_dim(dim)
     kappa = _as_kappa(concentration)
@@ -250,7 +240,7 @@ def vmf_kl_uniform(concentration: Tensor | float, dim: int) -> Tensor:
 
 
 def vmf_entropy(concentration: Tensor | float, dim: int) -> Tensor:
-    """``H = -log C_{d,kappa} - kappa A_d(kappa)`` (chapter 04)."""
+    """``H = -log C_{d,kappa} - kappa A_d(kappa)``, from eqs. ch04-normaliser and ch04-mean."""
     dim = _check_dim(dim)
     kappa = _as_kappa(concentration)
     k64 = kappa.to(torch.float64)
@@ -287,8 +277,7 @@ def sample_w_wood(
     Returns ``(w, one_minus_w)`` in float64 with shape ``sample_shape +
     concentration.shape``; ``1 - w`` is computed without cancellation. The
     only Python loop is over rejection rounds, each on the still-rejected
-    draws (acceptance is > 50% for every (d, kappa)).
-    See: book chapter 04, section ch04-sampling.
+    draws (acceptance is > 50% for every (d, kappa)). Draws ``w`` of eq. ch04-wdens.
     """
     dim = _check_dim(dim)
     kappa = _as_kappa(concentration)
@@ -347,21 +336,19 @@ def sample_w_grid(
     left Riemann cumulative sum of ``exp(logf - max)``, linear interpolation.
     ``rule="trapezoid"`` integrates with the trapezoid rule from ``-1`` and
     handles the ``d = 2`` endpoint singularity with the substitution
-    ``w = cos(theta)``. Its bias is studied in chapter 04.
+    ``w = cos(theta)``. Inverts the CDF of eq. ch04-wdens.
     """
     dim = _check_dim(dim)
-    kappa = float(concentration)
-    if kappa < 0 or not math.isfinite(kappa):
-        raise ValueError(f"concentration must be a finite number >= 0, got {kappa}")
+    kappa = _finite_nonnegative("concentration", concentration)
     if not (0 < step < 0.5):
         raise ValueError(f"step must be in (0, 0.5), got {step}")
+    checks.choice("rule", rule, ("article", "trapezoid"))
     if rule == "article":
         x = torch.arange(-1.0 + step, 1.0, step, dtype=torch.float64)
         y = kappa * x + 0.5 * (dim - 3) * torch.log1p(-x * x)
         cdf = torch.cumsum(torch.exp(y - y.max()), 0)
         cdf = cdf / cdf[-1]
-    elif rule == "trapezoid":
-        # integrate in theta (w = cos theta): density e^{kappa cos t} sin^{d-2} t, smooth for d >= 2
+    else:  # trapezoid, in theta (w = cos theta): density e^{kappa cos t} sin^{d-2} t, smooth for d >= 2
         m = max(2, int(round(math.pi / step)))
         theta = torch.linspace(math.pi, 0.0, m + 1, dtype=torch.float64)
         x = torch.cos(theta)
@@ -373,8 +360,6 @@ def sample_w_grid(
             f[0] = f[-1] = 0.0
         cdf = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(0.5 * (f[1:] + f[:-1]), 0)])
         cdf = cdf / cdf[-1]
-    else:
-        raise ValueError(f"rule must be 'article' or 'trapezoid', got {rule!r}")
     if u is None:  # pass ``u`` to reuse uniforms (e.g. a stratified grid)
         u = torch.rand(n, dtype=torch.float64, generator=generator)
     return _interp(u.to(torch.float64), cdf, x)
@@ -410,7 +395,8 @@ def implicit_dw_dkappa(w: Tensor, one_minus_w: Tensor, concentration: Tensor, di
     side of ``w`` without sign changes (upper if ``w >= A``), truncated to 40
     standard deviations, with the substitution ``t = end -+ L r^2`` (which
     removes the ``d = 2`` endpoint singularity) and 64-node Gauss-Legendre in
-    log space. ``w`` and ``one_minus_w`` float64; ``concentration`` broadcastable to them. See: book chapter 04.
+    log space. ``w`` and ``one_minus_w`` float64; ``concentration`` broadcastable to them.
+    Eq. ch04-implicit.
     """
     kappa = concentration.detach().to(torch.float64)
     a = mean_resultant_length(kappa, dim)  # on kappa's own (unbroadcast) shape
@@ -484,8 +470,8 @@ class VonMisesFisher(Distribution):
     inverse CDF with ``w_sampler="grid"``, no gradient in kappa) and returns
     ``z = w mu + sqrt(1-w^2) nu`` with ``nu`` the normalised projection of a
     Gaussian onto ``mu``'s orthogonal complement (eq. ch04-z). Gradients:
-    pathwise in ``loc``; implicit reparameterisation in ``concentration``.
-    See: book chapter 04.
+    pathwise in ``loc``; implicit reparameterisation in ``concentration``
+    (eq. ch04-implicit). The density is eq. ch04-normaliser.
     """
 
     arg_constraints = {"loc": constraints.real_vector, "concentration": constraints.nonnegative}
@@ -501,8 +487,7 @@ class VonMisesFisher(Distribution):
         w_sampler: Literal["wood", "grid"] = "wood",
         grid_step: float = 1e-5,
     ) -> None:
-        if not torch.is_tensor(loc) or not torch.is_floating_point(loc):
-            raise TypeError("loc must be a floating-point tensor of shape (..., d)")
+        checks.floating_tensor("loc", loc)
         if loc.dim() < 1:
             raise ValueError("loc must have shape (..., d) with d >= 2, got a scalar")
         _check_dim(loc.shape[-1], "loc.shape[-1]")
@@ -516,8 +501,7 @@ class VonMisesFisher(Distribution):
                 f"loc must be unit-norm along its last dimension (tolerance {tol:.1e}); "
                 f"got norms in [{norms.min().item():.6g}, {norms.max().item():.6g}]"
             )
-        if w_sampler not in ("wood", "grid"):
-            raise ValueError(f"w_sampler must be 'wood' or 'grid', got {w_sampler!r}")
+        checks.choice("w_sampler", w_sampler, ("wood", "grid"))
         batch_shape = torch.broadcast_shapes(loc.shape[:-1], concentration.shape)
         self.loc = loc.expand(batch_shape + loc.shape[-1:])
         self.concentration = concentration.to(loc.dtype).expand(batch_shape)
@@ -591,7 +575,7 @@ class VonMisesFisher(Distribution):
 class HypersphericalUniform(Distribution):
     """Uniform distribution on ``S^{d-1}``; ``dim`` is the **ambient** dimension ``d``.
 
-    See: book chapter 04 (convention admonition).
+    Density ``1 / |S^{d-1}|`` with ``|S^{d-1}| = 2 pi^{d/2} / Gamma(d/2)``.
     """
 
     arg_constraints: dict = {}
@@ -625,158 +609,3 @@ def _kl_vmf_uniform(p: VonMisesFisher, q: HypersphericalUniform) -> Tensor:
     if p.dim != q.dim:
         raise ValueError(f"dimension mismatch: VonMisesFisher on R^{p.dim}, HypersphericalUniform(dim={q.dim})")
     return vmf_kl_uniform(p.concentration, p.dim)
-
-
-# ---------------------------------------------------------------------------
-# The experiment: Gaussian VAE vs vMF-VAE with an autoregressive decoder
-# ---------------------------------------------------------------------------
-@dataclass
-class VAEConfig:
-    """One run of the chapter's experiment (Gaussian VAE vs vMF-VAE)."""
-
-    dataset: str = "digits"  # "digits" (sklearn 8x8) or "fashion_mnist" (28x28)
-    latent: str = "vmf"  # "vmf" or "gauss"
-    dim: int = 3  # latent dimension d (the sphere is S^{d-1} for vMF)
-    kappa: float = 20.0  # fixed vMF concentration
-    hidden: int = 256  # encoder width
-    decoder_hidden: int = 512  # width of the masked (autoregressive) decoder
-    decoder_layers: int = 2  # hidden layers of the masked decoder
-    epochs: int = 40  # passes over the training set
-    batch_size: int = 128
-    lr: float = 2e-3
-    seed: int = 0
-    threshold: float = 0.5  # binarisation threshold for pixels
-
-
-def configs() -> dict[str, VAEConfig]:
-    """The ``smoke`` (CPU, digits) and ``full`` (GPU, Fashion-MNIST) experiment settings."""
-    return {
-        "smoke": VAEConfig(dataset="digits", dim=3, epochs=30, decoder_hidden=512, batch_size=128),
-        "full": VAEConfig(dataset="fashion_mnist", dim=16, kappa=50.0, hidden=512, decoder_hidden=1024,
-                          decoder_layers=2, epochs=50, batch_size=100, lr=1e-3),
-    }
-
-
-class MaskedLinear(nn.Linear):
-    def __init__(self, n_in: int, n_out: int, mask: Tensor) -> None:
-        super().__init__(n_in, n_out)
-        self.register_buffer("mask", mask)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return nn.functional.linear(x, self.weight * self.mask, self.bias)
-
-
-class ARDecoder(nn.Module):
-    """MADE decoder: pixel i's logit sees pixels < i (raster order) and the latent z."""
-
-    def __init__(self, n_pixels: int, latent: int, hidden: int, layers: int) -> None:
-        super().__init__()
-        deg_in = torch.arange(1, n_pixels + 1)
-        g = torch.Generator().manual_seed(0)
-        degs = [deg_in]
-        for _ in range(layers):
-            degs.append(torch.randint(1, n_pixels, (hidden,), generator=g))
-        self.layers = nn.ModuleList()
-        self.cond = nn.ModuleList()
-        for i in range(layers):
-            mask = (degs[i + 1][:, None] >= degs[i][None, :]).float()
-            self.layers.append(MaskedLinear(degs[i].numel(), hidden, mask))
-            self.cond.append(nn.Linear(latent, hidden))
-        mask = (deg_in[:, None] > degs[-1][None, :]).float()
-        self.out = MaskedLinear(hidden, n_pixels, mask)
-        self.out_cond = nn.Linear(latent, n_pixels)
-
-    def forward(self, x: Tensor, z: Tensor) -> Tensor:
-        h = x
-        for lin, cond in zip(self.layers, self.cond):
-            h = torch.relu(lin(h) + cond(z))
-        return self.out(h) + self.out_cond(z)
-
-    @torch.no_grad()
-    def sample(self, z: Tensor) -> Tensor:
-        x = torch.zeros(z.shape[0], self.out.out_features, dtype=z.dtype, device=z.device)
-        for i in range(x.shape[1]):  # ancestral sampling is sequential by definition
-            p = torch.sigmoid(self.forward(x, z)[:, i])
-            x[:, i] = torch.bernoulli(p)
-        return x
-
-
-class VAE(nn.Module):
-    """Encoder MLP + Gaussian or vMF posterior + MADE decoder, Bernoulli likelihood (chapter 04)."""
-
-    def __init__(self, n_pixels: int, cfg: VAEConfig) -> None:
-        super().__init__()
-        if cfg.latent not in ("vmf", "gauss"):
-            raise ValueError(f"latent must be 'vmf' or 'gauss', got {cfg.latent!r}")
-        self.cfg = cfg
-        out = cfg.dim if cfg.latent == "vmf" else 2 * cfg.dim
-        self.encoder = nn.Sequential(nn.Linear(n_pixels, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, out))
-        self.decoder = ARDecoder(n_pixels, cfg.dim, cfg.decoder_hidden, cfg.decoder_layers)
-
-    def posterior(self, x: Tensor) -> Distribution:
-        h = self.encoder(x)
-        if self.cfg.latent == "vmf":
-            return VonMisesFisher(nn.functional.normalize(h, dim=-1), self.cfg.kappa)
-        mu, logvar = h.chunk(2, dim=-1)
-        return torch.distributions.Independent(torch.distributions.Normal(mu, torch.exp(0.5 * logvar)), 1)
-
-    def kl(self, q: Distribution) -> Tensor:
-        if self.cfg.latent == "vmf":  # a constant: computed once (eq. ch04-kl)
-            if not hasattr(self, "_vmf_kl"):
-                self._vmf_kl = vmf_kl_uniform(torch.tensor(self.cfg.kappa, dtype=torch.float64), self.cfg.dim).item()
-            return torch.full(q.batch_shape, self._vmf_kl, dtype=q.loc.dtype, device=q.loc.device)
-        base = q.base_dist
-        return 0.5 * (base.loc**2 + base.scale**2 - 1.0 - 2.0 * torch.log(base.scale)).sum(-1)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-example ``(reconstruction NLL in nats, KL in nats)``."""
-        q = self.posterior(x)
-        z = q.rsample()
-        logits = self.decoder(x, z)
-        nll = nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
-        return nll, self.kl(q)
-
-    def code(self, x: Tensor) -> Tensor:
-        q = self.posterior(x)
-        return q.loc if self.cfg.latent == "vmf" else q.base_dist.loc
-
-    def prior_sample(self, n: int) -> Tensor:
-        if self.cfg.latent == "vmf":
-            return HypersphericalUniform(self.cfg.dim).sample((n,))
-        return torch.randn(n, self.cfg.dim)
-
-
-def active_units(model: VAE, x: Tensor, threshold: float = 0.01) -> int:
-    """Number of latent coordinates whose posterior mean/direction varies across data (Burda et al.)."""
-    with torch.no_grad():
-        codes = model.code(x)
-    return int((codes.var(0) > threshold).sum())
-
-
-def train_vae(model: VAE, x_train: Tensor, x_test: Tensor) -> dict[str, list[float]]:
-    """Train by minimising NLL + KL; returns per-epoch test NLL, test KL and active units."""
-    cfg = model.cfg
-    g = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    hist: dict[str, list[float]] = {"nll": [], "kl": [], "au": [], "train_loss": []}
-    n = x_train.shape[0]
-    for _ in range(cfg.epochs):
-        model.train()
-        perm = torch.randperm(n, generator=g)
-        total = 0.0
-        for i in range(0, n, cfg.batch_size):
-            xb = x_train[perm[i : i + cfg.batch_size]]
-            nll, kl = model(xb)
-            loss = (nll + kl).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * xb.shape[0]
-        model.eval()
-        with torch.no_grad():
-            nll, kl = model(x_test)
-        hist["train_loss"].append(total / n)
-        hist["nll"].append(nll.mean().item())
-        hist["kl"].append(kl.mean().item())
-        hist["au"].append(active_units(model, x_test))
-    return hist

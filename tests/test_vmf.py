@@ -9,13 +9,10 @@ import pytest
 import torch
 from scipy import integrate, special, stats
 
-from kexue.data import load_fashion_mnist
 from kexue.vmf import (
-    VAE,
     HypersphericalUniform,
     VonMisesFisher,
     bessel_ratio,
-    configs,
     implicit_dw_dkappa,
     log_bessel_iv,
     log_sphere_area,
@@ -359,6 +356,16 @@ def test_bad_input_raises() -> None:
         sample_w_grid(10, 1.0, 3, rule="midpoint")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="loc"):
         VonMisesFisher([1.0, 0.0], 1.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="loc"):
+        VonMisesFisher(torch.tensor([1, 0, 0]), 1.0)
+    with pytest.raises(ValueError, match="w_sampler"):
+        VonMisesFisher(mu, 1.0, w_sampler="inverse")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="order v"):
+        log_bessel_iv(-0.5, torch.ones(2, dtype=F64))
+    with pytest.raises(ValueError, match="concentration"):
+        sample_w_grid(10, float("inf"), 3)
+    with pytest.raises(TypeError, match="x"):
+        bessel_ratio(1.0, torch.ones(2, dtype=torch.int64))
 
 
 def test_uniform_distribution() -> None:
@@ -369,40 +376,3 @@ def test_uniform_distribution() -> None:
     torch.testing.assert_close(u.entropy().item(), -u.log_prob(x[0]).item())
     np.testing.assert_allclose(u.entropy().item(), stats.uniform_direction(7).entropy() if hasattr(
         stats.uniform_direction(7), "entropy") else log_sphere_area(7))
-
-
-# ---------------------------------------------------------------- the experiment's model
-@pytest.mark.parametrize("latent", ["vmf", "gauss"])
-def test_full_config_takes_one_step(latent: str) -> None:
-    torch.manual_seed(6)
-    cfg = configs()["full"]
-    cfg.latent = latent
-    model = VAE(784, cfg)
-    x = (torch.rand(4, 784) > 0.5).float()  # a tiny slice shaped like Fashion-MNIST
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    nll, kl = model(x)
-    loss = (nll + kl).mean()
-    opt.zero_grad()
-    loss.backward()
-    before = [p.detach().clone() for p in model.parameters()]
-    opt.step()
-    assert torch.isfinite(loss)
-    assert any((p.detach() != b).any() for p, b in zip(model.parameters(), before))
-    if latent == "vmf":
-        torch.testing.assert_close(kl, torch.full_like(kl, vmf_kl_uniform(cfg.kappa, cfg.dim).item()))
-
-
-def test_decoder_is_autoregressive() -> None:
-    torch.manual_seed(7)
-    model = VAE(64, configs()["smoke"])
-    x = torch.rand(1, 64, requires_grad=True)
-    z = torch.randn(1, 3)
-    logits = model.decoder(x, z)
-    for i in [0, 10, 63]:
-        (g,) = torch.autograd.grad(logits[0, i], x, retain_graph=True)
-        assert (g[0, i:] == 0).all(), "pixel i must not see pixels >= i"
-
-
-def test_fashion_mnist_missing_names_the_package(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
-        load_fashion_mnist("train", root=tmp_path)

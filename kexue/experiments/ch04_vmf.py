@@ -1,0 +1,343 @@
+"""Chapter 04's experiment: a Gaussian VAE against a vMF-VAE with an autoregressive decoder.
+
+Book section ``ch04-experiment`` (and ``ch04-full`` for the recorded ``full``
+run). Both models share an MLP encoder and a MADE decoder (a masked MLP in
+which the logit of pixel ``i`` sees pixels ``< i`` in raster order, plus the
+code ``z``) with a Bernoulli likelihood on binarised pixels, and minimise the
+negative ELBO, eq. ``ch04-elbo``: reconstruction NLL plus KL to the prior. The
+Gaussian VAE has ``z`` in ``R^d`` with a standard normal prior; the vMF-VAE
+has ``z`` on ``S^{d-1}``, a uniform prior and a fixed concentration, so its KL
+is the constant of eq. ``ch04-kl-formula``.
+
+Profiles: ``smoke`` trains on the sklearn 8x8 digits (``d = 3``, so the codes
+can be plotted on the sphere); ``book`` and ``full`` on Fashion-MNIST
+(``d = 16``, ``kappa = 50``), ``book`` for fewer epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from kexue import checks
+from kexue.data import load_digits, load_fashion_mnist
+from kexue.experiments.config import Profiles
+from kexue.experiments.loop import fit
+from kexue.experiments.records import RunResult, fingerprint
+from kexue.utils import get_device, seed_everything
+from kexue.vmf import HypersphericalUniform, VonMisesFisher, vmf_kl_uniform
+
+__all__ = [
+    "VAEConfig",
+    "CONFIGS",
+    "LATENTS",
+    "COLLAPSE_KL",
+    "VAEData",
+    "load_data",
+    "MaskedLinear",
+    "ARDecoder",
+    "VAE",
+    "active_units",
+    "make_optimizer",
+    "elbo_loss",
+    "train_vae",
+    "run",
+]
+
+DATASETS = ("digits", "fashion_mnist")
+#: the two variants every run trains, in this order
+LATENTS = ("gauss", "vmf")
+#: a Gaussian VAE whose final test KL (nats) is below this counts as collapsed
+COLLAPSE_KL = 0.1
+#: the digits split: the first 1,500 of a fixed permutation train, the other 297 test
+DIGITS_TRAIN = 1500
+DIGITS_SPLIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """One setting of the experiment (both variants are trained with it)."""
+
+    dataset: str = "digits"  # "digits" (sklearn 8x8) or "fashion_mnist" (28x28)
+    latent: str = "vmf"  # "vmf" or "gauss"; run() trains both
+    dim: int = 3  # latent dimension d (the sphere is S^{d-1} for vMF)
+    kappa: float = 20.0  # fixed vMF concentration
+    hidden: int = 256  # encoder width
+    decoder_hidden: int = 512  # width of the masked (autoregressive) decoder
+    decoder_layers: int = 2  # hidden layers of the masked decoder
+    epochs: int = 30  # passes over the training set
+    batch_size: int = 128
+    lr: float = 2e-3  # Adam, constant
+    threshold: float = 0.5  # binarisation threshold for pixels
+
+
+_FASHION = VAEConfig(
+    dataset="fashion_mnist", dim=16, kappa=50.0, hidden=512, decoder_hidden=1024, decoder_layers=2,
+    epochs=50, batch_size=100, lr=1e-3,
+)
+
+CONFIGS = Profiles(
+    smoke=VAEConfig(),
+    # the full architecture and data for 20 of its 50 epochs: ~10 min per seed on 2 CPU cores
+    book=dataclasses.replace(_FASHION, epochs=20),
+    full=_FASHION,
+)
+
+
+# ---------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------
+class VAEData(NamedTuple):
+    """Binarised images as rows of pixels, test labels and the image side length."""
+
+    x_train: Tensor  # (n_train, side * side), values 0/1
+    x_test: Tensor  # (n_test, side * side)
+    y_test: Tensor  # (n_test,) class labels, for colouring the codes
+    side: int
+
+
+def load_data(cfg: VAEConfig) -> VAEData:
+    """The dataset of ``cfg``, binarised at ``cfg.threshold``.
+
+    Digits: a fixed split of the 1,797 images (1,500 train, 297 test).
+    Fashion-MNIST: its own 60,000 / 10,000 split.
+    """
+    checks.choice("dataset", cfg.dataset, DATASETS)
+    if cfg.dataset == "digits":
+        images, labels = load_digits()
+        x_all = (images.reshape(len(images), -1) > cfg.threshold).float()
+        perm = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
+        tr, te = perm[:DIGITS_TRAIN], perm[DIGITS_TRAIN:]
+        return VAEData(x_all[tr], x_all[te], labels[te], 8)
+    xtr, _ = load_fashion_mnist("train")
+    xte, y_te = load_fashion_mnist("test")
+    binarise = lambda x: (x.reshape(len(x), -1) > cfg.threshold).float()  # noqa: E731
+    return VAEData(binarise(xtr), binarise(xte), y_te, 28)
+
+
+def _rows_fingerprint(x: Tensor) -> dict[str, Any]:
+    bits = np.packbits(x.detach().cpu().numpy().astype(np.uint8), axis=1)
+    return fingerprint([row.tobytes().hex() for row in bits])
+
+
+# ---------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------
+class MaskedLinear(nn.Linear):
+    """A linear layer whose weight is multiplied by a fixed 0/1 mask."""
+
+    def __init__(self, n_in: int, n_out: int, mask: Tensor) -> None:
+        super().__init__(n_in, n_out)
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.linear(x, self.weight * self.mask, self.bias)
+
+
+class ARDecoder(nn.Module):
+    """MADE decoder: pixel i's logit sees pixels < i (raster order) and the latent z."""
+
+    def __init__(self, n_pixels: int, latent: int, hidden: int, layers: int) -> None:
+        super().__init__()
+        deg_in = torch.arange(1, n_pixels + 1)
+        g = torch.Generator().manual_seed(0)
+        degs = [deg_in]
+        for _ in range(layers):
+            degs.append(torch.randint(1, n_pixels, (hidden,), generator=g))
+        self.layers = nn.ModuleList()
+        self.cond = nn.ModuleList()
+        for i in range(layers):
+            mask = (degs[i + 1][:, None] >= degs[i][None, :]).float()
+            self.layers.append(MaskedLinear(degs[i].numel(), hidden, mask))
+            self.cond.append(nn.Linear(latent, hidden))
+        mask = (deg_in[:, None] > degs[-1][None, :]).float()
+        self.out = MaskedLinear(hidden, n_pixels, mask)
+        self.out_cond = nn.Linear(latent, n_pixels)
+
+    def forward(self, x: Tensor, z: Tensor) -> Tensor:
+        h = x
+        for lin, cond in zip(self.layers, self.cond):
+            h = torch.relu(lin(h) + cond(z))
+        return self.out(h) + self.out_cond(z)
+
+    @torch.no_grad()
+    def sample(self, z: Tensor) -> Tensor:
+        x = torch.zeros(z.shape[0], self.out.out_features, dtype=z.dtype, device=z.device)
+        for i in range(x.shape[1]):  # ancestral sampling is sequential by definition
+            p = torch.sigmoid(self.forward(x, z)[:, i])
+            x[:, i] = torch.bernoulli(p)
+        return x
+
+
+class VAE(nn.Module):
+    """Encoder MLP + Gaussian or vMF posterior + MADE decoder, Bernoulli likelihood."""
+
+    def __init__(self, n_pixels: int, cfg: VAEConfig) -> None:
+        super().__init__()
+        checks.choice("latent", cfg.latent, ("vmf", "gauss"))
+        checks.int_at_least("dim", cfg.dim, 2)
+        self.cfg = cfg
+        out = cfg.dim if cfg.latent == "vmf" else 2 * cfg.dim
+        self.encoder = nn.Sequential(nn.Linear(n_pixels, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, out))
+        self.decoder = ARDecoder(n_pixels, cfg.dim, cfg.decoder_hidden, cfg.decoder_layers)
+        # the vMF KL is a constant (eq. ch04-kl-formula): computed once
+        self.vmf_kl: float | None = None
+        if cfg.latent == "vmf":
+            self.vmf_kl = vmf_kl_uniform(torch.tensor(cfg.kappa, dtype=torch.float64), cfg.dim).item()
+
+    def posterior(self, x: Tensor) -> Distribution:
+        h = self.encoder(x)
+        if self.cfg.latent == "vmf":
+            return VonMisesFisher(nn.functional.normalize(h, dim=-1), self.cfg.kappa)
+        mu, logvar = h.chunk(2, dim=-1)
+        return torch.distributions.Independent(torch.distributions.Normal(mu, torch.exp(0.5 * logvar)), 1)
+
+    def kl(self, q: Distribution) -> Tensor:
+        """Per-example KL to the prior: the vMF constant, or the Gaussian closed form."""
+        if self.cfg.latent == "vmf":
+            return torch.full(q.batch_shape, self.vmf_kl, dtype=q.loc.dtype, device=q.loc.device)
+        base = q.base_dist
+        return 0.5 * (base.loc**2 + base.scale**2 - 1.0 - 2.0 * torch.log(base.scale)).sum(-1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-example ``(reconstruction NLL in nats, KL in nats)``; their sum is eq. ch04-elbo."""
+        q = self.posterior(x)
+        z = q.rsample()
+        logits = self.decoder(x, z)
+        nll = nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+        return nll, self.kl(q)
+
+    def code(self, x: Tensor) -> Tensor:
+        """The posterior's mean direction (vMF) or mean (Gaussian)."""
+        q = self.posterior(x)
+        return q.loc if self.cfg.latent == "vmf" else q.base_dist.loc
+
+    def prior_sample(self, n: int) -> Tensor:
+        device = self.decoder.out.weight.device
+        if self.cfg.latent == "vmf":
+            return HypersphericalUniform(self.cfg.dim, device=device).sample((n,))
+        return torch.randn(n, self.cfg.dim, device=device)
+
+
+def active_units(model: VAE, x: Tensor, threshold: float = 0.01) -> int:
+    """Number of latent coordinates whose posterior mean/direction varies across data (Burda et al.)."""
+    with torch.no_grad():
+        codes = model.code(x)
+    return int((codes.var(0) > threshold).sum())
+
+
+# ---------------------------------------------------------------------------
+# Training and the chapter's run
+# ---------------------------------------------------------------------------
+def make_optimizer(model: VAE) -> torch.optim.Adam:
+    """Adam over all parameters at ``cfg.lr`` (held constant by :func:`train_vae`)."""
+    return torch.optim.Adam(model.parameters(), lr=model.cfg.lr)
+
+
+def elbo_loss(model: VAE, x: Tensor) -> Tensor:
+    """The batch mean of NLL + KL (the negative ELBO, eq. ch04-elbo)."""
+    nll, kl = model(x)
+    return (nll + kl).mean()
+
+
+def train_vae(
+    model: VAE, x_train: Tensor, x_test: Tensor, *, seed: int = 0, progress: bool | None = None
+) -> dict[str, Any]:
+    """Train with :func:`~kexue.experiments.loop.fit`: Adam at a constant ``cfg.lr``,
+    ``cfg.epochs`` passes over ``x_train`` in a fresh random order each (the last
+    batch of a pass may be smaller). After every pass the test set is evaluated.
+
+    Returns the per-epoch curves ``nll``, ``kl`` (test means, nats), ``au`` (active
+    units on the test set), ``train_loss`` (the pass's mean negative ELBO), and
+    ``seconds``. The batch order comes from ``seed``; the sampling noise from the
+    global torch generator, which the caller seeds.
+    """
+    cfg = model.cfg
+    n = x_train.shape[0]
+    per_epoch = math.ceil(n / cfg.batch_size)
+    g = torch.Generator().manual_seed(seed)
+    perms: list[Tensor] = []  # drawn in epoch order, so batch_at(step) is a function of step
+
+    def batch_at(step: int) -> Tensor:
+        epoch, i = divmod(step, per_epoch)
+        while len(perms) <= epoch:
+            perms.append(torch.randperm(n, generator=g))
+        return x_train[perms[epoch][i * cfg.batch_size : (i + 1) * cfg.batch_size].to(x_train.device)]
+
+    def evaluate(m: VAE) -> dict[str, float]:
+        nll, kl = m(x_test)
+        return {"nll": nll.mean().item(), "kl": kl.mean().item(), "au": active_units(m, x_test)}
+
+    hist = fit(
+        model, batch_at, elbo_loss, steps=cfg.epochs * per_epoch, optimizer=make_optimizer(model),
+        schedule="constant", evaluate=evaluate, eval_every=per_epoch, progress=progress,
+        desc=f"{cfg.latent} VAE",
+    )
+    sizes = np.array([min(cfg.batch_size, n - i * cfg.batch_size) for i in range(per_epoch)], dtype=float)
+    losses = np.array(hist.losses, dtype=float).reshape(cfg.epochs, per_epoch)
+    _, nll = hist.eval_series("nll")
+    _, kl = hist.eval_series("kl")
+    _, au = hist.eval_series("au")
+    return {
+        "seconds": hist.seconds,
+        "nll": nll,
+        "kl": kl,
+        "au": [int(a) for a in au],
+        "train_loss": (losses @ sizes / n).tolist(),
+    }
+
+
+def run(
+    cfg: VAEConfig,
+    seed: int = 0,
+    *,
+    data: VAEData | None = None,
+    device: torch.device | str | None = None,
+    progress: bool | None = None,
+) -> RunResult:
+    """Train the Gaussian VAE and the vMF-VAE of ``cfg`` (one seed) and evaluate them.
+
+    ``metrics`` per variant ``v`` in :data:`LATENTS`: ``v_test_nll`` (final test
+    reconstruction NLL, nats), ``v_test_nll_epoch1``, ``v_test_kl``,
+    ``v_active_units``; plus ``vmf_kl_constant`` and ``gauss_collapsed`` (1 if the
+    Gaussian test KL ended below :data:`COLLAPSE_KL`). ``artifacts``: ``runs``
+    (per variant the curves of :func:`train_vae`), ``models`` (trained, on the
+    CPU) and ``data`` (the :class:`VAEData` used). ``data`` defaults to
+    :func:`load_data`; ``device`` to :func:`kexue.utils.get_device`.
+    """
+    checks.nonnegative_int("seed", seed)
+    data = load_data(cfg) if data is None else data
+    device = get_device() if device is None else torch.device(device)
+    x_tr, x_te = data.x_train.to(device), data.x_test.to(device)
+    runs: dict[str, dict[str, Any]] = {}
+    models: dict[str, VAE] = {}
+    metrics: dict[str, float] = {}
+    for latent in LATENTS:
+        seed_everything(seed)
+        model = VAE(x_tr.shape[1], dataclasses.replace(cfg, latent=latent)).to(device)
+        runs[latent] = train_vae(model, x_tr, x_te, seed=seed, progress=progress)
+        models[latent] = model.cpu().eval()
+        r = runs[latent]
+        metrics.update({
+            f"{latent}_test_nll": r["nll"][-1],
+            f"{latent}_test_nll_epoch1": r["nll"][0],
+            f"{latent}_test_kl": r["kl"][-1],
+            f"{latent}_active_units": float(r["au"][-1]),
+        })
+    metrics["vmf_kl_constant"] = models["vmf"].vmf_kl
+    metrics["gauss_collapsed"] = float(metrics["gauss_test_kl"] < COLLAPSE_KL)
+    return RunResult(
+        metrics=metrics,
+        artifacts={"runs": runs, "models": models, "data": data},
+        data={
+            f"{cfg.dataset}_train": _rows_fingerprint(data.x_train),
+            f"{cfg.dataset}_test": _rows_fingerprint(data.x_test),
+        },
+    )

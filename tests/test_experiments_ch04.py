@@ -1,0 +1,168 @@
+"""Tests for chapter 04's experiment (kexue.experiments.ch04_vmf)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from kexue.data import load_fashion_mnist
+from kexue.experiments.ch04_vmf import (
+    CONFIGS,
+    LATENTS,
+    VAE,
+    VAEData,
+    active_units,
+    elbo_loss,
+    load_data,
+    make_optimizer,
+    run,
+    train_vae,
+)
+from kexue.experiments.loop import fit
+from kexue.utils import seed_everything
+from kexue.vmf import vmf_kl_uniform
+
+PIXELS = {"digits": 64, "fashion_mnist": 784}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("latent", LATENTS)
+@pytest.mark.parametrize("name", ["smoke", "book", "full"])
+def test_each_profile_builds_and_takes_one_fit_step(name: str, latent: str) -> None:
+    seed_everything(6)
+    cfg = dataclasses.replace(CONFIGS[name], latent=latent)
+    n_pixels = PIXELS[cfg.dataset]
+    model = VAE(n_pixels, cfg)
+    x = (torch.rand(4, n_pixels) > 0.5).float()  # a tiny batch shaped like the profile's data
+    before = [p.detach().clone() for p in model.parameters()]
+    hist = fit(model, lambda step: x, elbo_loss, steps=1, optimizer=make_optimizer(model),
+               schedule="constant", progress=False)
+    assert len(hist.losses) == 1 and torch.isfinite(torch.tensor(hist.losses[0]))
+    assert hist.lrs == [cfg.lr]
+    changed = [not torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before)]
+    assert all(changed), "every parameter takes part in the loss"
+    nll, kl = model(x)
+    assert nll.shape == kl.shape == (4,) and (nll > 0).all()
+    if latent == "vmf":
+        torch.testing.assert_close(kl, torch.full_like(kl, vmf_kl_uniform(cfg.kappa, cfg.dim).item()))
+    else:
+        assert (kl > 0).all()
+
+
+def test_profiles_are_the_documented_settings() -> None:
+    smoke, book, full = CONFIGS["smoke"], CONFIGS["book"], CONFIGS["full"]
+    assert (smoke.dataset, smoke.dim, smoke.kappa, smoke.epochs) == ("digits", 3, 20.0, 30)
+    assert (full.dataset, full.dim, full.kappa, full.decoder_hidden, full.epochs) == (
+        "fashion_mnist", 16, 50.0, 1024, 50)
+    assert dataclasses.replace(book, epochs=full.epochs) == full and book.epochs < full.epochs
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        smoke.epochs = 1  # type: ignore[misc]
+
+
+def test_decoder_is_autoregressive() -> None:
+    torch.manual_seed(7)
+    model = VAE(64, CONFIGS["smoke"])
+    x = torch.rand(1, 64, requires_grad=True)
+    z = torch.randn(1, 3)
+    logits = model.decoder(x, z)
+    for i in [0, 10, 63]:
+        (g,) = torch.autograd.grad(logits[0, i], x, retain_graph=True)
+        assert (g[0, i:] == 0).all(), "pixel i must not see pixels >= i"
+        assert i == 0 or (g[0, :i] != 0).any(), "pixel i should see earlier pixels"
+
+
+def test_bad_config_raises() -> None:
+    with pytest.raises(ValueError, match="latent"):
+        VAE(64, dataclasses.replace(CONFIGS["smoke"], latent="laplace"))
+    with pytest.raises(ValueError, match="dataset"):
+        load_data(dataclasses.replace(CONFIGS["smoke"], dataset="mnist"))
+
+
+def test_load_data_digits_split() -> None:
+    data = load_data(CONFIGS["smoke"])
+    assert data.x_train.shape == (1500, 64) and data.x_test.shape == (297, 64) and data.side == 8
+    assert set(data.x_train.unique().tolist()) == {0.0, 1.0}
+    assert data.y_test.shape == (297,)
+    again = load_data(CONFIGS["smoke"])
+    assert torch.equal(data.x_test, again.x_test), "the split is fixed"
+
+
+def _reference_train(model: VAE, x_train: torch.Tensor, x_test: torch.Tensor, seed: int) -> dict[str, list]:
+    """The chapter's recipe written out by hand: Adam, constant lr, reshuffle per epoch."""
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    hist: dict[str, list] = {"nll": [], "kl": [], "au": [], "train_loss": []}
+    n = x_train.shape[0]
+    for _ in range(cfg.epochs):
+        model.train()
+        perm = torch.randperm(n, generator=g)
+        total = 0.0
+        for i in range(0, n, cfg.batch_size):
+            xb = x_train[perm[i : i + cfg.batch_size]]
+            nll, kl = model(xb)
+            loss = (nll + kl).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * xb.shape[0]
+        model.eval()
+        with torch.no_grad():
+            nll, kl = model(x_test)
+        hist["train_loss"].append(total / n)
+        hist["nll"].append(nll.mean().item())
+        hist["kl"].append(kl.mean().item())
+        hist["au"].append(active_units(model, x_test))
+    return hist
+
+
+@pytest.mark.parametrize("latent", LATENTS)
+def test_train_vae_through_fit_matches_the_hand_written_loop(latent: str) -> None:
+    cfg = dataclasses.replace(CONFIGS["smoke"], latent=latent, epochs=2, batch_size=48, decoder_hidden=64)
+    gen = torch.Generator().manual_seed(0)
+    x_train = (torch.rand(100, 64, generator=gen) > 0.5).float()  # 100 = 2 full batches + 4
+    x_test = (torch.rand(30, 64, generator=gen) > 0.5).float()
+    seed_everything(3)
+    ref = _reference_train(VAE(64, cfg), x_train, x_test, seed=3)
+    seed_everything(3)
+    got = train_vae(VAE(64, cfg), x_train, x_test, seed=3, progress=False)
+    for key in ("nll", "kl", "au"):
+        assert got[key] == ref[key], key
+    torch.testing.assert_close(torch.tensor(got["train_loss"]), torch.tensor(ref["train_loss"]), rtol=1e-6, atol=0)
+    assert got["seconds"] > 0
+
+
+def test_run_returns_the_chapter_metrics() -> None:
+    cfg = dataclasses.replace(CONFIGS["smoke"], epochs=2, decoder_hidden=64)
+    full = load_data(cfg)
+    data = VAEData(full.x_train[:256], full.x_test[:64], full.y_test[:64], full.side)
+    result = run(cfg, seed=1, data=data, device="cpu", progress=False)
+    m = result.metrics
+    for latent in LATENTS:
+        keys = {f"{latent}_{k}" for k in ("test_nll", "test_nll_epoch1", "test_kl", "active_units")}
+        assert keys <= set(m)
+        r = result.artifacts["runs"][latent]
+        assert len(r["nll"]) == len(r["kl"]) == len(r["au"]) == len(r["train_loss"]) == cfg.epochs
+        assert m[f"{latent}_test_nll"] == r["nll"][-1]
+    kl_const = vmf_kl_uniform(cfg.kappa, cfg.dim).item()
+    assert m["vmf_kl_constant"] == pytest.approx(kl_const)
+    assert result.artifacts["runs"]["vmf"]["kl"] == pytest.approx([kl_const] * cfg.epochs, rel=1e-6)
+    assert m["gauss_collapsed"] == float(m["gauss_test_kl"] < 0.1)
+    assert set(result.data) == {"digits_train", "digits_test"} and result.data["digits_train"]["size"] == 256
+    assert not result.artifacts["models"]["vmf"].training
+    again = run(cfg, seed=1, data=data, device="cpu", progress=False)
+    assert again.metrics == m, "a run is a function of (cfg, seed)"
+
+
+def test_fashion_mnist_missing_names_the_package(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist("train", root=tmp_path)
