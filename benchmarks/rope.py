@@ -11,7 +11,8 @@ on a square patch grid, for four implementations:
 * ``matrix``: one explicit ``(head_dim, head_dim)`` matrix per token, precomputed (einsum).
 
 Equivalence is checked first (float32, tolerance 1e-5); then each variant is timed with
-``torch.utils.benchmark``. Ratios are written to ``benchmarks/results/rope.json``::
+``torch.utils.benchmark``. Ratios are written to the record ``benchmarks/rope``
+(``kexue/results/benchmarks/rope.json``, read by the chapter through ``load_record``)::
 
     python benchmarks/rope.py            # all sizes
     python benchmarks/rope.py --quick    # one small size (smoke)
@@ -24,19 +25,18 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import math
 import os
 import platform
-from pathlib import Path
 
 import torch
 from torch.utils import benchmark
 
+from kexue.experiments.records import write_record
 from kexue.rope import apply_rope_2d, grid_positions, rope_2d_matrix
 
 SIZES = [(8, 8, 1024, 64), (8, 8, 256, 64), (8, 8, 1024, 128), (2, 8, 4096, 64)]
-RESULTS = Path(__file__).resolve().parent / "results" / "rope.json"
+RECORD = "benchmarks/rope"
 
 
 def _rot(x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best is kept")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch intra-op thread counts")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default=RECORD, help="record name (default: %(default)s)")
     args = parser.parse_args()
     device = torch.device(args.device)
     sizes = [(2, 4, 256, 64)] if args.quick else SIZES
@@ -140,9 +140,7 @@ def main() -> None:
         "min_run_time_s": args.min_run_time,
         "results": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    print(f"wrote {write_record(args.name, report)}")
 
 
 if __name__ == "__main__":

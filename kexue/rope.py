@@ -30,15 +30,11 @@ See: book chapter 03 (``03_rope_2d``).
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from kexue.data import load_fashion_mnist
+from kexue import checks
 
 __all__ = [
     "LAYOUTS",
@@ -52,15 +48,6 @@ __all__ = [
     "layout_permutation",
     "grid_positions",
     "flat_positions",
-    "ViTConfig",
-    "SMOKE",
-    "FULL",
-    "config",
-    "PatchViT",
-    "load_images",
-    "resize_images",
-    "train_vit",
-    "evaluate_vit",
     "score_by_offset",
 ]
 
@@ -79,11 +66,6 @@ def _check_dim(dim: object, multiple: int, name: str = "dim") -> int:
     return dim
 
 
-def _check_layout(layout: str, allowed: Sequence[str]) -> None:
-    if layout not in allowed:
-        raise ValueError(f"layout must be one of {tuple(allowed)}, got {layout!r}")
-
-
 def _check_x(x: object, multiple: int) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -99,13 +81,9 @@ def _check_x(x: object, multiple: int) -> torch.Tensor:
 def rope_frequencies(
     dim: int, base: float = 10000.0, *, dtype: torch.dtype = torch.float32, device: torch.device | None = None
 ) -> torch.Tensor:
-    """``theta_i = base ** (-2 i / dim)`` for ``i = 0 .. dim/2 - 1``, shape ``(dim // 2,)`` (Eq. R11).
-
-    See: book chapter 03.
-    """
+    """``theta_i = base ** (-2 i / dim)`` for ``i = 0 .. dim/2 - 1``, shape ``(dim // 2,)`` (Eq. R11)."""
     _check_dim(dim, 2)
-    if not base > 0:
-        raise ValueError(f"base must be positive, got {base!r}")
+    checks.positive_float("base", base)
     exponent = torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim
     return (float(base) ** (-exponent)).to(dtype)
 
@@ -156,11 +134,9 @@ def apply_rope(
     Returns:
         A tensor of ``x``'s shape and dtype. Angles and products are formed in at
         least float32; the result is cast back to ``x.dtype``.
-
-    See: book chapter 03.
     """
     x = _check_x(x, 2)
-    _check_layout(layout, LAYOUTS[:2])
+    checks.choice("layout", layout, LAYOUTS[:2])
     pos = _as_positions(positions, x.device)
     if pos.dim() == 0 or pos.shape[-1] not in (x.shape[-2], 1):
         raise ValueError(
@@ -181,11 +157,9 @@ def rope_angles_2d(
     ``pairs``/``rotate_half``: ``[row * theta | col * theta]``; ``block4``:
     ``[row theta_0, col theta_0, row theta_1, col theta_1, ...]``, with
     ``theta_i = base ** (-2 i / (dim / 2))``.
-
-    See: book chapter 03.
     """
     _check_dim(dim, 4)
-    _check_layout(layout, LAYOUTS)
+    checks.choice("layout", layout, LAYOUTS)
     if positions.dim() == 0 or positions.shape[-1] != 2:
         raise ValueError(f"positions must have shape (..., seq, 2) holding (row, col), got {tuple(positions.shape)}")
     theta = rope_frequencies(dim // 2, base, dtype=dtype, device=positions.device)  # (dim/4,)
@@ -215,11 +189,9 @@ def apply_rope_2d(
 
     Returns:
         ``x``'s shape and dtype; angles are formed in at least float32.
-
-    See: book chapter 03.
     """
     x = _check_x(x, 4)
-    _check_layout(layout, LAYOUTS)
+    checks.choice("layout", layout, LAYOUTS)
     pos = _as_positions(positions, x.device)
     if pos.dim() < 2 or pos.shape[-1] != 2 or pos.shape[-2] not in (x.shape[-2], 1):
         raise ValueError(
@@ -232,37 +204,51 @@ def apply_rope_2d(
     return _rotate(x.to(adtype), angles.cos(), angles.sin(), inner).to(x.dtype)
 
 
-def _rotation_blocks(angles: torch.Tensor) -> torch.Tensor:
-    """``(n,)`` angles -> ``(n, 2, 2)`` rotations ``[[cos, -sin], [sin, cos]]`` (Eq. R10)."""
-    c, s = angles.cos(), angles.sin()
-    return torch.stack((torch.stack((c, -s), -1), torch.stack((s, c), -1)), -2)
-
-
-def _scalar_position(position: object, dtype: torch.dtype, device: torch.device | None, name: str) -> torch.Tensor:
-    pos = position.to(device) if isinstance(position, torch.Tensor) else torch.as_tensor(position, dtype=dtype, device=device)
-    if pos.dim() != 0 or pos.dtype == torch.bool or pos.is_complex():
-        raise ValueError(f"{name} must be one real number, got {position!r}")
+def _matrix_position(
+    position: object, dtype: torch.dtype, device: torch.device | None, shape_ok: Callable[[torch.Size], bool],
+    expected: str,
+) -> torch.Tensor:
+    """``position`` as a real tensor of ``dtype`` (on its own device unless ``device``) whose shape passes
+    ``shape_ok``; a ``ValueError`` saying it must be ``expected`` otherwise."""
+    if isinstance(position, torch.Tensor):
+        pos = position.to(device)
+    else:
+        try:
+            pos = torch.as_tensor(position, dtype=dtype, device=device)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"position must be {expected}, got {position!r}") from err
+    if not shape_ok(pos.shape) or pos.dtype == torch.bool or pos.is_complex():
+        raise ValueError(f"position must be {expected}, got {position!r}")
     return pos.to(dtype)
 
 
 def rope_matrix(
-    position: float | torch.Tensor, dim: int, base: float = 10000.0, *,
+    position: float | Sequence[float] | torch.Tensor, dim: int, base: float = 10000.0, *,
     dtype: torch.dtype = torch.float64, device: torch.device | None = None, layout: str = "pairs",
 ) -> torch.Tensor:
-    """The explicit ``(dim, dim)`` matrix ``R_m`` of 1D RoPE (Eq. R11): ``apply_rope(x, m) == x @ R_m.T``.
+    """The explicit matrix ``R_m`` of 1D RoPE (Eq. R11): ``apply_rope(x, m) == x @ R_m.T``.
 
-    Differentiable in ``position`` when it is a float tensor with ``requires_grad``.
-
-    See: book chapter 03.
+    ``position`` is one number ``m`` (a Python number or a 0-d tensor), giving
+    one ``(dim, dim)`` matrix, or a 1-d tensor (or sequence) of ``n``
+    positions, giving the batch ``(n, dim, dim)`` whose ``i``-th matrix is
+    ``R_{position[i]}``. The matrices are built in ``dtype`` (default float64,
+    whatever the dtype of ``position``) on ``position``'s device unless
+    ``device`` is given. Differentiable in ``position`` when it is a float
+    tensor with ``requires_grad``.
     """
     _check_dim(dim, 2)
-    _check_layout(layout, LAYOUTS[:2])
-    m = _scalar_position(position, dtype, device, "position")
+    checks.choice("layout", layout, LAYOUTS[:2])
+    m = _matrix_position(position, dtype, device, lambda s: len(s) <= 1, "a real number or a 1-d tensor of them")
     theta = rope_frequencies(dim, base, dtype=dtype, device=m.device)
-    R = torch.block_diag(*_rotation_blocks(m * theta))
+    angles = m[..., None] * theta  # (..., dim/2)
+    c, s = angles.cos(), angles.sin()
+    R = torch.zeros(*m.shape, dim, dim, dtype=dtype, device=m.device)
+    even = torch.arange(0, dim, 2, device=m.device)
+    R[..., even, even], R[..., even, even + 1] = c, -s  # plane i: [[cos, -sin], [sin, cos]]
+    R[..., even + 1, even], R[..., even + 1, even + 1] = s, c
     if layout == "rotate_half":
         perm = layout_permutation(dim, "rotate_half").to(R.device)
-        R = R[perm][:, perm]
+        R = R[..., perm, :][..., perm]
     return R
 
 
@@ -274,21 +260,10 @@ def rope_2d_matrix(
 
     ``R_{x,y} = diag(R^{(dim/2)}_x, R^{(dim/2)}_y)`` for the default layout, so
     that ``apply_rope_2d(v, (x, y)) == v @ R_{x,y}.T``.
-
-    See: book chapter 03.
     """
     _check_dim(dim, 4)
-    _check_layout(layout, LAYOUTS)
-    if isinstance(position, torch.Tensor):
-        pos = position.to(device)
-    else:
-        try:
-            pos = torch.as_tensor(position, dtype=dtype, device=device)
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise ValueError(f"position must hold two numbers (row, col), got {position!r}") from err
-    if pos.shape != (2,) or pos.dtype == torch.bool or pos.is_complex():
-        raise ValueError(f"position must hold two numbers (row, col), got {position!r}")
-    pos = pos.to(dtype)
+    checks.choice("layout", layout, LAYOUTS)
+    pos = _matrix_position(position, dtype, device, lambda s: s == (2,), "two numbers (row, col)")
     R = torch.block_diag(
         rope_matrix(pos[0], dim // 2, base, dtype=dtype, device=pos.device),
         rope_matrix(pos[1], dim // 2, base, dtype=dtype, device=pos.device),
@@ -307,8 +282,6 @@ def apply_rope_2d_reference(
     ``x`` is ``(..., seq, dim)`` and ``positions`` is ``(seq, 2)`` (shared by
     every leading index). Slow by design (a Python loop over tokens); use it
     only to check :func:`apply_rope_2d`.
-
-    See: book chapter 03.
     """
     x = _check_x(x, 4)
     if positions.shape != (x.shape[-2], 2):
@@ -327,10 +300,8 @@ def layout_permutation(dim: int, layout: str) -> torch.Tensor:
     permuted by ``perm`` computes exactly the same attention scores as the
     default layout (a permutation is orthogonal). Valid for 1D and 2D RoPE
     (``"block4"`` is 2D only and needs ``dim % 4 == 0``).
-
-    See: book chapter 03, "Convention".
     """
-    _check_layout(layout, LAYOUTS)
+    checks.choice("layout", layout, LAYOUTS)
     _check_dim(dim, 4 if layout == "block4" else 2)
     c = torch.arange(dim)
     if layout == "pairs":
@@ -344,34 +315,31 @@ def layout_permutation(dim: int, layout: str) -> torch.Tensor:
 
 
 def grid_positions(height: int, width: int, *, device: torch.device | None = None) -> torch.Tensor:
-    """``(height * width, 2)`` int64 ``(row, col)`` of a row-major patch grid. See: book chapter 03."""
-    for name, v in (("height", height), ("width", width)):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    """``(height * width, 2)`` int64 ``(row, col)`` of a row-major patch grid."""
+    checks.positive_int("height", height)
+    checks.positive_int("width", width)
     rows = torch.arange(height, device=device).repeat_interleave(width)
     cols = torch.arange(width, device=device).repeat(height)
     return torch.stack((rows, cols), dim=-1)
 
 
 def flat_positions(grid: torch.Tensor, width: int) -> torch.Tensor:
-    """Flattened 1D index ``row * width + col`` of ``(..., 2)`` grid positions. See: book chapter 03."""
+    """Flattened 1D index ``row * width + col`` of ``(..., 2)`` grid positions."""
     return grid[..., 0] * width + grid[..., 1]
 
 
 def score_by_offset(
     q: torch.Tensor, k: torch.Tensor, size: int, base: float = 10000.0, *, mode: str = "2d"
 ) -> torch.Tensor:
-    """Mean over heads ``h`` of ``(R_a q_h) . (R_b k_h)`` for ``a = (0, 0)`` and ``b = (dx, dy)``.
+    """Mean over heads ``h`` of ``(R_a q_h) . (R_b k_h)`` for ``a = (0, 0)`` and ``b = (dx, dy)`` (Eq. ch03-relativity).
 
     ``q`` and ``k`` are ``(heads, dim)``; returns a ``(2 size - 1, 2 size - 1)``
     map over offsets ``dx`` (rows) and ``dy`` (columns) in ``[-(size-1), size-1]``.
     ``mode="2d"`` uses 2D RoPE, ``mode="flat"`` 1D RoPE of the flattened index
     ``x * size + y``.
-
-    See: book chapter 03.
     """
-    if mode not in ("2d", "flat"):
-        raise ValueError(f"mode must be '2d' or 'flat', got {mode!r}")
+    checks.choice("mode", mode, ("2d", "flat"))
+    checks.positive_int("size", size)
     if q.dim() != 2 or q.shape != k.shape:
         raise ValueError(f"q and k must both have shape (heads, dim), got {tuple(q.shape)} and {tuple(k.shape)}")
     r = torch.arange(-(size - 1), size, device=q.device)
@@ -384,211 +352,3 @@ def score_by_offset(
         qr = apply_rope(q[:, None, :], torch.zeros(1, device=q.device), base)
         kr = apply_rope(kk, flat_positions(offsets, size), base)
     return (qr * kr).sum(-1).mean(0).reshape(2 * size - 1, 2 * size - 1)
-
-
-# ---------------------------------------------------------------------------
-# A small ViT over image patches (the chapter's experiment)
-# ---------------------------------------------------------------------------
-@dataclass
-class ViTConfig:
-    """One run of the position-encoding comparison (train at one size, test at larger ones)."""
-
-    dataset: str = "digits"  # "digits" (sklearn 8x8) or "fashion_mnist" (28x28)
-    image_size: int = 8  # training resolution (pixels per side)
-    test_sizes: tuple[int, ...] = (8, 12, 16)  # evaluation sides in pixels (see test_modes)
-    test_modes: tuple[str, ...] = ("upsample", "pad")  # how test images reach a larger side
-    patch: int = 2  # patch side in pixels; grid side = image_size // patch
-    dim: int = 64  # model width
-    depth: int = 2  # transformer blocks
-    heads: int = 4  # attention heads (head size must be divisible by 4 for 2D RoPE)
-    ffn_dim: int = 128  # FFN inner width
-    rope_base: float = 100.0  # RoPE base; small grids want a small base (rope-vit uses 10-100)
-    epochs: int = 8  # passes over the training set
-    batch_size: int = 64  # images per step
-    lr: float = 2e-3  # AdamW peak learning rate (cosine decay)
-    weight_decay: float = 0.05  # AdamW weight decay
-    dropout: float = 0.0  # hidden dropout
-    test_fraction: float = 0.2  # digits only: held-out fraction
-    train_limit: int | None = None  # cap on training images (None: all)
-    seed: int = 0  # data split and initialisation seed
-    positions: tuple[str, ...] = ("learned", "rotary", "rotary2d")  # encodings compared
-
-
-SMOKE = ViTConfig()
-FULL = ViTConfig(
-    dataset="fashion_mnist", image_size=28, test_sizes=(28, 40, 56), patch=4, dim=192, depth=6, heads=6,
-    ffn_dim=768, rope_base=100.0, epochs=30, batch_size=128, lr=1e-3, dropout=0.1,
-)
-
-
-def config(profile: str | None = None) -> ViTConfig:
-    """The chapter's experiment config for ``profile`` (default: ``kexue.utils.profile()``)."""
-    from kexue.utils import profile as current_profile
-
-    name = profile if profile is not None else current_profile()
-    if name not in ("smoke", "full"):
-        raise ValueError(f"profile must be 'smoke' or 'full', got {name!r}")
-    return SMOKE if name == "smoke" else FULL
-
-
-def resize_images(images: torch.Tensor, size: int, mode: str = "upsample") -> torch.Tensor:
-    """Make ``(n, h, w)`` images ``(n, size, size)``.
-
-    ``mode="upsample"``: bilinear resize (same content, finer grid; the usual
-    "test at a higher resolution" protocol). ``mode="pad"``: centre the image on
-    a larger zero canvas (same scale, larger field of view).
-    """
-    if images.dim() != 3:
-        raise ValueError(f"images must have shape (n, h, w), got {tuple(images.shape)}")
-    if mode not in ("upsample", "pad"):
-        raise ValueError(f"mode must be 'upsample' or 'pad', got {mode!r}")
-    h, w = images.shape[-2:]
-    if (h, w) == (size, size):
-        return images
-    if mode == "upsample":
-        return F.interpolate(images[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-    if size < h or size < w:
-        raise ValueError(f"mode='pad' needs size >= the image sides {(h, w)}, got {size}")
-    top, left = (size - h) // 2, (size - w) // 2
-    return F.pad(images, (left, size - w - left, top, size - h - top))
-
-
-def load_images(cfg: ViTConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(train_x, train_y, test_x, test_y)`` at the native resolution for ``cfg.dataset``."""
-    if cfg.dataset == "digits":
-        from kexue.data import load_digits
-
-        x, y = load_digits()
-        g = torch.Generator().manual_seed(cfg.seed)
-        order = torch.randperm(len(x), generator=g)
-        n_test = int(round(cfg.test_fraction * len(x)))
-        test, train = order[:n_test], order[n_test:]
-        tx, ty, vx, vy = x[train], y[train], x[test], y[test]
-    elif cfg.dataset == "fashion_mnist":
-        tx, ty = load_fashion_mnist("train")
-        vx, vy = load_fashion_mnist("test")
-    else:
-        raise ValueError(f"dataset must be 'digits' or 'fashion_mnist', got {cfg.dataset!r}")
-    if cfg.train_limit is not None:
-        tx, ty = tx[: cfg.train_limit], ty[: cfg.train_limit]
-    return tx, ty, vx, vy
-
-
-class PatchViT(nn.Module):
-    """Patchify -> linear embedding -> :class:`kexue.nn.TransformerEncoder` -> mean pool -> linear.
-
-    ``position`` is passed to the encoder: ``"learned"`` (absolute table over
-    the flattened training grid, bilinearly interpolated to larger grids),
-    ``"rotary"`` (1D RoPE of the flattened index ``row * w + col``) or
-    ``"rotary2d"`` (2D RoPE of ``(row, col)``). There is no CLS token: mean
-    pooling keeps every token a patch with a position.
-
-    See: book chapter 03, "Experiment".
-    """
-
-    def __init__(self, cfg: ViTConfig, position: str, num_classes: int = 10) -> None:
-        super().__init__()
-        from kexue.nn import TransformerConfig, TransformerEncoder
-
-        if cfg.image_size % cfg.patch:
-            raise ValueError(f"image_size ({cfg.image_size}) must be divisible by patch ({cfg.patch})")
-        self.cfg, self.position = cfg, position
-        self.grid = cfg.image_size // cfg.patch
-        tcfg = TransformerConfig(
-            vocab_size=1, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, ffn_dim=cfg.ffn_dim,
-            max_len=4096, dropout=cfg.dropout, attention_dropout=0.0, norm="pre",
-            position="none" if position == "learned" else position, rope_base=cfg.rope_base,
-        )
-        self.patch_embed = nn.Linear(cfg.patch * cfg.patch, cfg.dim)
-        self.pos_table = (
-            nn.Parameter(0.02 * torch.randn(1, cfg.dim, self.grid, self.grid)) if position == "learned" else None
-        )
-        self.encoder = TransformerEncoder(tcfg)
-        # BERT's N(0, 0.02) suits width 768; at width 64 it leaves the blocks near
-        # zero for hundreds of steps, so use a fan-in scaled init instead.
-        for module in self.encoder.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=module.in_features ** -0.5)
-        self.head = nn.Linear(cfg.dim, num_classes)
-
-    def forward(self, images: torch.Tensor, *, interpolate: bool = False) -> torch.Tensor:
-        """``images`` ``(batch, H, W)`` with ``H, W`` multiples of the patch -> logits ``(batch, classes)``.
-
-        On a grid larger than the training grid, RoPE positions are integers
-        (extrapolation) unless ``interpolate=True``, which scales them by
-        ``train_grid / grid`` (position interpolation, as EVA-02 does). The learned
-        table is always bilinearly interpolated (it has no entries to extrapolate).
-        """
-        p = self.cfg.patch
-        b, H, W = images.shape
-        if H % p or W % p:
-            raise ValueError(f"image sides must be multiples of patch={p}, got {(H, W)}")
-        h, w = H // p, W // p
-        patches = images.reshape(b, h, p, w, p).permute(0, 1, 3, 2, 4).reshape(b, h * w, p * p)
-        x = self.patch_embed(patches)  # (b, h*w, dim)
-        grid = grid_positions(h, w, device=images.device)  # (h*w, 2)
-        if interpolate and (h, w) != (self.grid, self.grid):
-            grid = grid * torch.tensor([self.grid / h, self.grid / w], device=images.device)
-        positions = None
-        if self.position == "learned":
-            table = self.pos_table
-            if (h, w) != (self.grid, self.grid):
-                table = F.interpolate(table, size=(h, w), mode="bilinear", align_corners=False)
-            x = x + table.flatten(2).transpose(1, 2)
-        elif self.position == "rotary":
-            positions = flat_positions(grid, self.grid if interpolate else w)  # (h*w,)
-        elif self.position == "rotary2d":
-            positions = grid[None]  # (1, h*w, 2)
-        x = self.encoder(inputs_embeds=x, positions=positions)
-        return self.head(x.mean(dim=1))
-
-
-def train_vit(
-    cfg: ViTConfig, position: str, data: tuple[torch.Tensor, torch.Tensor], *,
-    device: torch.device | None = None, max_steps: int | None = None,
-) -> tuple[PatchViT, list[float]]:
-    """Train a :class:`PatchViT` (AdamW, one-cycle schedule: 10% warm-up then cosine decay).
-
-    Returns the model in eval mode and the per-step training losses. See: book chapter 03.
-    """
-    from kexue.utils import seed_everything
-
-    device = device or torch.device("cpu")
-    x, y = data
-    x = resize_images(x, cfg.image_size)
-    g = seed_everything(cfg.seed)
-    model = PatchViT(cfg, position).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch if max_steps is None else min(max_steps, cfg.epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total, 1), pct_start=0.1)
-    losses: list[float] = []
-    model.train()
-    while len(losses) < total:
-        order = torch.randperm(len(x), generator=g)
-        for start in range(0, len(x), cfg.batch_size):
-            idx = order[start: start + cfg.batch_size]
-            loss = F.cross_entropy(model(x[idx].to(device)), y[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            if len(losses) >= total:
-                break
-    model.eval()
-    return model, losses
-
-
-@torch.no_grad()
-def evaluate_vit(model: PatchViT, images: torch.Tensor, labels: torch.Tensor, size: int,
-                 *, mode: str = "upsample", interpolate: bool = False, batch_size: int = 512) -> float:
-    """Accuracy of ``model`` on ``images`` brought to ``size x size`` by :func:`resize_images`. See: book chapter 03."""
-    model.eval()
-    device = next(model.parameters()).device
-    x = resize_images(images, size, mode)
-    correct = 0
-    for start in range(0, len(x), batch_size):
-        logits = model(x[start: start + batch_size].to(device), interpolate=interpolate)
-        correct += (logits.argmax(-1).cpu() == labels[start: start + batch_size]).sum().item()
-    return correct / len(x)

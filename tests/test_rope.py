@@ -1,16 +1,14 @@
-"""Tests for kexue.rope (book chapter 03): 1D/2D RoPE, its references, layouts and the ViT experiment."""
+"""Tests for kexue.rope (book chapter 03): 1D/2D RoPE, its references and layouts; the benchmark's variants.
+
+The ViT experiment is tested in tests/test_experiments_ch03.py.
+"""
 
 from __future__ import annotations
-
-import dataclasses
-import gzip
-import struct
 
 import pytest
 import torch
 
 from kexue import rope
-from kexue.data import load_fashion_mnist
 from kexue.nn import TransformerConfig, TransformerEncoder
 from kexue.rope import (
     apply_rope,
@@ -111,6 +109,32 @@ def test_1d_relativity_and_identity_at_zero():
     for m, n in [(0, 5), (3, -7), (12.5, 4.25)]:
         torch.testing.assert_close(rope_matrix(m, 12).T @ rope_matrix(n, 12), rope_matrix(n - m, 12), **F64)
     torch.testing.assert_close(rope_2d_matrix((0, 0), 12), torch.eye(12, dtype=torch.float64), **F64)
+
+
+@pytest.mark.parametrize("layout", ["pairs", "rotate_half"])
+def test_rope_matrix_of_a_position_vector_is_the_batch_of_scalar_matrices(layout):
+    # contract: a 0-d position gives (dim, dim); a 1-d one of n positions gives (n, dim, dim)
+    g = _gen(9)
+    pos = torch.randn(6, dtype=torch.float64, generator=g) * 30
+    batch = rope_matrix(pos, 10, 100.0, layout=layout)
+    assert batch.shape == (6, 10, 10) and batch.dtype == torch.float64
+    for i in range(6):
+        single = rope_matrix(pos[i], 10, 100.0, layout=layout)
+        assert single.shape == (10, 10)
+        assert torch.equal(batch[i], single)
+        assert torch.equal(single, rope_matrix(float(pos[i]), 10, 100.0, layout=layout))
+    # integer and list positions work too (cast to dtype); an empty vector gives an empty batch
+    ints = rope_matrix(torch.arange(4), 8, dtype=torch.float32)
+    assert ints.dtype == torch.float32 and torch.equal(ints, rope_matrix([0, 1, 2, 3], 8, dtype=torch.float32))
+    assert rope_matrix(torch.arange(0), 8).shape == (0, 8, 8)
+    # the batch acts like apply_rope and stays differentiable in the positions
+    x = torch.randn(6, 10, dtype=torch.float64, generator=g)
+    p = pos.clone().requires_grad_(True)
+    slow = torch.einsum("nde,ne->nd", rope_matrix(p, 10, 100.0, layout=layout), x)
+    torch.testing.assert_close(slow, apply_rope(x, pos, 100.0, layout=layout), **F64)
+    (grad,) = torch.autograd.grad(slow.sum(), p)
+    (want,) = torch.autograd.grad(apply_rope(x, p, 100.0, layout=layout).sum(), p)
+    torch.testing.assert_close(grad, want, **F64)
 
 
 def test_scores_depend_only_on_the_2d_offset():
@@ -271,7 +295,8 @@ def test_position_broadcasting_shapes():
         (lambda: apply_rope_2d([[1.0] * 8] * 4, torch.zeros(4, 2)), TypeError, "x must be"),
         (lambda: apply_rope_2d(torch.randn(4, 8), torch.zeros(4, 2, dtype=torch.bool)), TypeError, "positions"),
         (lambda: rope_matrix(1.0, 5), ValueError, "dim"),
-        (lambda: rope_matrix([1.0, 2.0], 4), ValueError, "position"),
+        (lambda: rope_matrix([[1.0, 2.0]], 4), ValueError, "position"),
+        (lambda: rope_matrix(torch.tensor([True]), 4), ValueError, "position"),
         (lambda: rope_2d_matrix((1.0, 2.0), 6), ValueError, "dim"),
         (lambda: rope_2d_matrix((1.0, 2.0, 3.0), 8), ValueError, "position"),
         (lambda: rope.rope_frequencies(8, base=-1.0), ValueError, "base"),
@@ -329,84 +354,8 @@ def test_nn_rotary2d_requires_positions():
 
 
 # ---------------------------------------------------------------------------
-# the experiment's pieces
+# the benchmark's variants
 # ---------------------------------------------------------------------------
-def test_configs_and_profile(monkeypatch):
-    assert rope.config("smoke") is rope.SMOKE and rope.config("full") is rope.FULL
-    monkeypatch.setenv("KEXUE_PROFILE", "full")
-    assert rope.config() is rope.FULL
-    with pytest.raises(ValueError, match="profile"):
-        rope.config("huge")
-    for cfg in (rope.SMOKE, rope.FULL):
-        assert (cfg.dim // cfg.heads) % 4 == 0 and cfg.image_size % cfg.patch == 0
-        assert all(s % cfg.patch == 0 for s in cfg.test_sizes) and max(cfg.test_sizes) > cfg.image_size
-
-
-@pytest.mark.parametrize("position", ["learned", "rotary", "rotary2d"])
-def test_vit_runs_at_train_and_larger_resolution(position):
-    cfg = dataclasses.replace(rope.SMOKE, dim=32, heads=2, ffn_dim=32, depth=1)
-    model = rope.PatchViT(cfg, position)
-    for size in (8, 16):
-        logits = model(torch.rand(3, size, size))
-        assert logits.shape == (3, 10) and torch.isfinite(logits).all()
-    with pytest.raises(ValueError, match="patch"):
-        model(torch.rand(3, 9, 9))
-
-
-def test_full_config_one_step_on_tiny_slice():
-    cfg = dataclasses.replace(rope.FULL, dataset="digits", train_limit=8, batch_size=8, epochs=1)
-    x, y, _, _ = rope.load_images(cfg)
-    x = rope.resize_images(x, cfg.image_size)  # digits stand in for Fashion-MNIST at 28x28
-    model, losses = rope.train_vit(cfg, "rotary2d", (x, y), max_steps=1)
-    assert len(losses) == 1 and losses[0] == losses[0]
-    assert rope.PatchViT(cfg, "rotary2d").grid == 7
-    assert rope.evaluate_vit(model, x, y, cfg.test_sizes[-1]) >= 0.0
-
-
-def test_short_training_lowers_the_loss():
-    cfg = dataclasses.replace(rope.SMOKE, dim=32, heads=2, ffn_dim=64, depth=1, epochs=40, train_limit=32,
-                              batch_size=32, lr=3e-3)
-    tx, ty, _, _ = rope.load_images(cfg)
-    _, losses = rope.train_vit(cfg, "rotary2d", (tx, ty))
-    assert len(losses) == 40
-    assert sum(losses[-5:]) / 5 < 0.75 * sum(losses[:5]) / 5
-
-
-def test_resize_modes():
-    x = torch.rand(2, 8, 8)
-    up = rope.resize_images(x, 16)
-    assert up.shape == (2, 16, 16)
-    torch.testing.assert_close(up.mean((1, 2)), x.mean((1, 2)), rtol=1e-5, atol=1e-5)
-    pad = rope.resize_images(x, 12, "pad")
-    assert torch.equal(pad[:, 2:10, 2:10], x)
-    torch.testing.assert_close(pad.sum(), x.sum())
-    with pytest.raises(ValueError, match="mode"):
-        rope.resize_images(x, 12, "crop")
-    with pytest.raises(ValueError, match="size"):
-        rope.resize_images(x, 4, "pad")
-
-
-def _write_idx(path, array: torch.Tensor) -> None:
-    header = struct.pack(">BBBB", 0, 0, 8, array.dim()) + b"".join(struct.pack(">I", s) for s in array.shape)
-    with gzip.open(path, "wb") as fh:
-        fh.write(header + array.to(torch.uint8).numpy().tobytes())
-
-
-def test_fashion_mnist_loader_reads_idx_and_names_install(tmp_path):
-    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
-        load_fashion_mnist("train", root=tmp_path)
-    images = torch.randint(0, 256, (5, 28, 28))
-    labels = torch.randint(0, 10, (5,))
-    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
-    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
-    x, y = load_fashion_mnist("test", root=tmp_path)
-    assert x.dtype == torch.float32 and x.shape == (5, 28, 28)
-    torch.testing.assert_close(x, images.float() / 255)
-    assert torch.equal(y, labels.long())
-    with pytest.raises(ValueError, match="split"):
-        load_fashion_mnist("val", root=tmp_path)
-
-
 def test_benchmark_variants_are_equivalent():
     import importlib.util
     from pathlib import Path

@@ -1,0 +1,361 @@
+"""Chapter 03's experiment: a small ViT with learned, flattened-1D or 2D RoPE positions.
+
+Book chapter 03 (``03_rope_2d``), section "Experiment". Each position encoding
+trains a :class:`PatchViT` at one resolution (AdamW through
+:func:`kexue.experiments.loop.fit`: linear warm-up over the first 10% of the
+steps, then cosine decay to zero) and is evaluated at every test side and test
+mode of the config, RoPE models also with position interpolation::
+
+    from kexue.experiments import ch03_rope as ch03
+
+    result = ch03.run(ch03.CONFIGS.get())
+    result.metrics["acc/rotary2d/upsample/16"]          # integer positions
+    result.metrics["acc/rotary2d/upsample/16/interp"]   # interpolated positions
+
+or ``python -m kexue.experiments 03 --profile book --seeds 0 1 2``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kexue import checks
+from kexue.data import load_digits, load_fashion_mnist
+from kexue.experiments.config import Profiles
+from kexue.experiments.loop import History, fit
+from kexue.experiments.records import RunResult, fingerprint
+from kexue.nn import TransformerConfig, TransformerEncoder, patchify
+from kexue.rope import flat_positions, grid_positions
+from kexue.utils import get_device, seed_everything
+
+__all__ = [
+    "ViTConfig",
+    "CONFIGS",
+    "POSITIONS",
+    "RESIZE_MODES",
+    "PatchViT",
+    "resize_images",
+    "load_images",
+    "train_vit",
+    "evaluate_vit",
+    "acc_key",
+    "evaluations",
+    "run",
+]
+
+#: the position encodings compared
+POSITIONS: tuple[str, ...] = ("learned", "rotary", "rotary2d")
+#: how a test image reaches a larger side (see :func:`resize_images`)
+RESIZE_MODES: tuple[str, ...] = ("upsample", "pad")
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """The position-encoding comparison: train at one size, test at larger ones."""
+
+    dataset: str = "digits"  # "digits" (sklearn 8x8) or "fashion_mnist" (28x28)
+    image_size: int = 8  # training resolution (pixels per side)
+    test_sizes: tuple[int, ...] = (8, 12, 16)  # evaluation sides in pixels (see test_modes)
+    test_modes: tuple[str, ...] = RESIZE_MODES  # how test images reach a larger side
+    patch: int = 2  # patch side in pixels; grid side = image_size // patch
+    dim: int = 64  # model width
+    depth: int = 2  # transformer blocks
+    heads: int = 4  # attention heads (head size must be divisible by 4 for 2D RoPE)
+    ffn_dim: int = 128  # FFN inner width
+    rope_base: float = 100.0  # RoPE base; small grids want a small base (rope-vit uses 10-100)
+    epochs: int = 8  # passes over the training set
+    batch_size: int = 64  # images per step
+    lr: float = 2e-3  # AdamW peak learning rate
+    warmup_fraction: float = 0.1  # linear warm-up over this fraction of the steps, then cosine decay
+    weight_decay: float = 0.05  # AdamW weight decay
+    dropout: float = 0.0  # hidden dropout
+    test_fraction: float = 0.2  # digits only: held-out fraction
+    train_limit: int | None = None  # cap on training images (None: all)
+    test_limit: int | None = None  # cap on test images (None: all)
+    split_seed: int = 0  # digits only: the train/test split (fixed across run seeds)
+    positions: tuple[str, ...] = POSITIONS  # encodings compared
+
+    def __post_init__(self) -> None:
+        checks.choice("dataset", self.dataset, ("digits", "fashion_mnist"))
+        for name in ("image_size", "patch", "dim", "depth", "heads", "ffn_dim", "epochs", "batch_size"):
+            checks.positive_int(name, getattr(self, name))
+        if self.image_size % self.patch:
+            raise ValueError(f"image_size ({self.image_size}) must be divisible by patch ({self.patch})")
+        if self.dim % self.heads or (self.dim // self.heads) % 4:
+            raise ValueError(f"dim / heads must be an int divisible by 4 (2D RoPE), got {self.dim} / {self.heads}")
+        for size in self.test_sizes:
+            checks.positive_int("test size", size)
+            if size % self.patch:
+                raise ValueError(f"test size {size} must be a multiple of patch ({self.patch})")
+        for mode in self.test_modes:
+            checks.choice("test mode", mode, RESIZE_MODES)
+        for position in self.positions:
+            checks.choice("position", position, POSITIONS)
+        checks.float_in("warmup_fraction", self.warmup_fraction, 0.0, 1.0)
+        checks.float_in("test_fraction", self.test_fraction, 0.0, 1.0)
+        for name in ("train_limit", "test_limit"):
+            if getattr(self, name) is not None:
+                checks.positive_int(name, getattr(self, name))
+
+    @property
+    def grid(self) -> int:
+        """Patches per side at the training resolution."""
+        return self.image_size // self.patch
+
+
+CONFIGS: Profiles[ViTConfig] = Profiles(
+    # digits at 8x8 (a 4x4 grid): the notebook's run, a few minutes on one CPU thread
+    smoke=ViTConfig(),
+    # Fashion-MNIST at 28x28 (a 7x7 grid): 10k training and 2k test images, a narrow
+    # 4-block model, 790 steps per encoding (estimated 20-30 minutes per seed on a CPU)
+    book=ViTConfig(
+        dataset="fashion_mnist", image_size=28, test_sizes=(28, 40, 56), patch=4, dim=64, depth=4, heads=4,
+        ffn_dim=128, epochs=10, batch_size=128, lr=2e-3, train_limit=10_000, test_limit=2_000,
+    ),
+    # all of Fashion-MNIST and a ViT-Tiny-sized model: a GPU run
+    full=ViTConfig(
+        dataset="fashion_mnist", image_size=28, test_sizes=(28, 40, 56), patch=4, dim=192, depth=6, heads=6,
+        ffn_dim=768, rope_base=100.0, epochs=30, batch_size=128, lr=1e-3, dropout=0.1,
+    ),
+)
+
+
+def resize_images(images: torch.Tensor, size: int, mode: str = "upsample") -> torch.Tensor:
+    """Make ``(n, h, w)`` images ``(n, size, size)``.
+
+    ``mode="upsample"``: bilinear resize (same content, finer grid; the usual
+    "test at a higher resolution" protocol). ``mode="pad"``: centre the image on
+    a larger zero canvas (same scale, larger field of view).
+    """
+    if images.dim() != 3:
+        raise ValueError(f"images must have shape (n, h, w), got {tuple(images.shape)}")
+    checks.choice("mode", mode, RESIZE_MODES)
+    h, w = images.shape[-2:]
+    if (h, w) == (size, size):
+        return images
+    if mode == "upsample":
+        return F.interpolate(images[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    if size < h or size < w:
+        raise ValueError(f"mode='pad' needs size >= the image sides {(h, w)}, got {size}")
+    top, left = (size - h) // 2, (size - w) // 2
+    return F.pad(images, (left, size - w - left, top, size - h - top))
+
+
+def load_images(cfg: ViTConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(train_x, train_y, test_x, test_y)`` of ``cfg.dataset`` at its native resolution."""
+    if cfg.dataset == "digits":
+        x, y = load_digits()
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.split_seed))
+        n_test = int(round(cfg.test_fraction * len(x)))
+        test, train = order[:n_test], order[n_test:]
+        tx, ty, vx, vy = x[train], y[train], x[test], y[test]
+    else:
+        tx, ty = load_fashion_mnist("train")
+        vx, vy = load_fashion_mnist("test")
+    if cfg.train_limit is not None:
+        tx, ty = tx[: cfg.train_limit], ty[: cfg.train_limit]
+    if cfg.test_limit is not None:
+        vx, vy = vx[: cfg.test_limit], vy[: cfg.test_limit]
+    return tx, ty, vx, vy
+
+
+class PatchViT(nn.Module):
+    """Patchify -> linear embedding -> :class:`kexue.nn.TransformerEncoder` -> mean pool -> linear.
+
+    ``position`` is passed to the encoder: ``"learned"`` (absolute table over
+    the flattened training grid, bilinearly interpolated to larger grids),
+    ``"rotary"`` (1D RoPE of the flattened index ``row * w + col``) or
+    ``"rotary2d"`` (2D RoPE of ``(row, col)``). There is no CLS token: mean
+    pooling keeps every token a patch with a position.
+    """
+
+    def __init__(self, cfg: ViTConfig, position: str, num_classes: int = 10) -> None:
+        super().__init__()
+        checks.choice("position", position, POSITIONS)
+        self.cfg, self.position = cfg, position
+        self.grid = cfg.grid
+        tcfg = TransformerConfig(
+            vocab_size=1, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, ffn_dim=cfg.ffn_dim,
+            max_len=4096, dropout=cfg.dropout, attention_dropout=0.0, norm="pre",
+            position="none" if position == "learned" else position, rope_base=cfg.rope_base,
+        )
+        self.patch_embed = nn.Linear(cfg.patch * cfg.patch, cfg.dim)
+        self.pos_table = (
+            nn.Parameter(0.02 * torch.randn(1, cfg.dim, self.grid, self.grid)) if position == "learned" else None
+        )
+        self.encoder = TransformerEncoder(tcfg)
+        # BERT's N(0, 0.02) suits width 768; at width 64 it leaves the blocks near
+        # zero for hundreds of steps, so use a fan-in scaled init instead.
+        for module in self.encoder.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=module.in_features ** -0.5)
+        self.head = nn.Linear(cfg.dim, num_classes)
+
+    def forward(self, images: torch.Tensor, *, interpolate: bool = False) -> torch.Tensor:
+        """``images`` ``(batch, H, W)`` with ``H, W`` multiples of the patch -> logits ``(batch, classes)``.
+
+        On a grid larger than the training grid, RoPE positions are integers
+        (extrapolation) unless ``interpolate=True``, which scales them by
+        ``train_grid / grid`` (position interpolation, as EVA-02 does). The learned
+        table is always bilinearly interpolated (it has no entries to extrapolate).
+        """
+        x = self.patch_embed(patchify(images, self.cfg.patch))  # (b, h*w, dim)
+        h, w = images.shape[-2] // self.cfg.patch, images.shape[-1] // self.cfg.patch
+        grid = grid_positions(h, w, device=images.device)  # (h*w, 2)
+        if interpolate and (h, w) != (self.grid, self.grid):
+            grid = grid * torch.tensor([self.grid / h, self.grid / w], device=images.device)
+        positions = None
+        if self.position == "learned":
+            table = self.pos_table
+            if (h, w) != (self.grid, self.grid):
+                table = F.interpolate(table, size=(h, w), mode="bilinear", align_corners=False)
+            x = x + table.flatten(2).transpose(1, 2)
+        elif self.position == "rotary":
+            positions = flat_positions(grid, self.grid if interpolate else w)  # (h*w,)
+        else:
+            positions = grid[None]  # (1, h*w, 2)
+        x = self.encoder(inputs_embeds=x, positions=positions)
+        return self.head(x.mean(dim=1))
+
+
+def train_vit(
+    cfg: ViTConfig, position: str, data: tuple[torch.Tensor, torch.Tensor], *, seed: int = 0,
+    device: torch.device | None = None, max_steps: int | None = None, progress: bool | None = None,
+) -> tuple[PatchViT, History]:
+    """Train a :class:`PatchViT` on ``data`` (images at any side, resized to ``cfg.image_size``).
+
+    ``cfg.epochs`` passes in batches of ``cfg.batch_size`` (a fresh shuffle per
+    epoch, drawn from ``seed``; the last batch of an epoch may be smaller), AdamW
+    with a linear warm-up over ``cfg.warmup_fraction`` of the steps and cosine
+    decay. ``max_steps`` stops early on the same schedule (for tests). Returns
+    the model in eval mode and the loop's history.
+    """
+    device = device or torch.device("cpu")
+    x, y = data
+    x = resize_images(x, cfg.image_size)
+    seed_everything(seed)
+    model = PatchViT(cfg, position).to(device)
+    per_epoch = math.ceil(len(x) / cfg.batch_size)
+    steps = cfg.epochs * per_epoch
+    orders: dict[int, torch.Tensor] = {}
+
+    def batch_at(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, i = divmod(step, per_epoch)
+        if epoch not in orders:
+            orders.clear()
+            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            orders[epoch] = torch.randperm(len(x), generator=g)
+        idx = orders[epoch][i * cfg.batch_size: (i + 1) * cfg.batch_size]
+        return x[idx].to(device), y[idx].to(device)
+
+    def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        images, labels = batch
+        return F.cross_entropy(model(images), labels)
+
+    history = fit(
+        model, batch_at, loss_fn, steps=steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        warmup=round(cfg.warmup_fraction * steps), schedule="cosine", seed=seed, stop_at=max_steps,
+        progress=progress, desc=position,
+    )
+    model.eval()
+    return model, history
+
+
+@torch.no_grad()
+def evaluate_vit(model: PatchViT, images: torch.Tensor, labels: torch.Tensor, size: int,
+                 *, mode: str = "upsample", interpolate: bool = False, batch_size: int = 512) -> float:
+    """Accuracy of ``model`` on ``images`` brought to ``size x size`` by :func:`resize_images`."""
+    model.eval()
+    device = next(model.parameters()).device
+    x = resize_images(images, size, mode)
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        logits = model(x[start: start + batch_size].to(device), interpolate=interpolate)
+        correct += (logits.argmax(-1).cpu() == labels[start: start + batch_size]).sum().item()
+    return correct / len(x)
+
+
+def acc_key(position: str, mode: str, size: int, interpolate: bool = False) -> str:
+    """The metric name of one evaluation: ``acc/<position>/<mode>/<size>[/interp]``."""
+    return f"acc/{position}/{mode}/{size}" + ("/interp" if interpolate else "")
+
+
+def evaluations(cfg: ViTConfig, position: str) -> list[tuple[str, int, bool]]:
+    """``(mode, size, interpolate)`` of every evaluation of ``position``.
+
+    RoPE models are evaluated with and without position interpolation at every
+    size other than the training size; the learned table only one way (it is
+    always resized).
+    """
+    return [
+        (mode, size, interp)
+        for mode in cfg.test_modes
+        for size in cfg.test_sizes
+        for interp in ((False, True) if position != "learned" and size != cfg.image_size else (False,))
+    ]
+
+
+def _image_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    items = [
+        hashlib.sha256(img.contiguous().numpy().tobytes()).hexdigest()[:16] + f":{int(label)}"
+        for img, label in zip(images, labels)
+    ]
+    return fingerprint(items)
+
+
+def run(cfg: ViTConfig, seed: int = 0, *, device: torch.device | None = None) -> RunResult:
+    """Train one :class:`PatchViT` per position encoding of ``cfg`` and evaluate each at every test size and mode.
+
+    ``metrics``: ``acc_key(position, mode, size, interpolate)`` for every entry
+    of :func:`evaluations`, and ``loss/<position>`` (mean of the last 10
+    training losses). ``artifacts``: ``losses`` and ``seconds`` per position,
+    the trained ``models`` (eval mode), ``table`` (one row per position and
+    interpolation setting, one column per ``"<mode>@<size>"``), and the
+    ``train_shape`` / ``test_shape`` of the images.
+    """
+    device = device or get_device()
+    train_x, train_y, test_x, test_y = load_images(cfg)
+    metrics: dict[str, float] = {}
+    losses: dict[str, list[float]] = {}
+    seconds: dict[str, float] = {}
+    models: dict[str, PatchViT] = {}
+    for position in cfg.positions:
+        start = time.perf_counter()
+        model, history = train_vit(cfg, position, (train_x, train_y), seed=seed, device=device)
+        for mode, size, interp in evaluations(cfg, position):
+            acc = evaluate_vit(model, test_x, test_y, size, mode=mode, interpolate=interp)
+            metrics[acc_key(position, mode, size, interp)] = acc
+        losses[position] = history.losses
+        metrics[f"loss/{position}"] = sum(history.losses[-10:]) / len(history.losses[-10:])
+        seconds[position] = time.perf_counter() - start
+        models[position] = model.cpu()
+    columns = [f"{mode}@{size}" for mode in cfg.test_modes for size in cfg.test_sizes]
+    rows = []
+    for position in cfg.positions:
+        for interp in (False, True) if position != "learned" else (False,):
+            row: dict[str, Any] = {"position": position, "interpolate": interp}
+            for mode in cfg.test_modes:
+                for size in cfg.test_sizes:
+                    key = acc_key(position, mode, size, interp)
+                    row[f"{mode}@{size}"] = metrics.get(key, metrics[acc_key(position, mode, size)])
+            rows.append(row)
+    return RunResult(
+        metrics=metrics,
+        artifacts={
+            "losses": losses, "seconds": seconds, "models": models,
+            "table": {"columns": columns, "rows": rows},
+            "train_shape": tuple(train_x.shape), "test_shape": tuple(test_x.shape),
+        },
+        data={
+            f"{cfg.dataset}/train": _image_fingerprint(train_x, train_y),
+            f"{cfg.dataset}/test": _image_fingerprint(test_x, test_y),
+        },
+    )
