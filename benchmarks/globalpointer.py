@@ -11,26 +11,26 @@ Times, at batch 32 and sequence length 32..1024 on the same random hidden states
   the CRF negative log-likelihood by the forward algorithm (ours and pytorch-crf);
 * memory of the ``(batch, types, n, n)`` logits.
 
-Writes ratios to ``benchmarks/results/globalpointer.json``. Run:
-``python benchmarks/globalpointer.py`` (about a minute on 2 CPU cores).
+Writes ratios to the record ``benchmarks/globalpointer``
+(``kexue/results/benchmarks/globalpointer.json``, see :mod:`kexue.experiments.records`).
+Run: ``python benchmarks/globalpointer.py`` (about a minute on 2 CPU cores).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torchcrf
 
 from kexue import globalpointer as gp
+from kexue.experiments.records import write_record
 
-RESULTS = Path(__file__).resolve().parent / "results" / "globalpointer.json"
+RECORD = "benchmarks/globalpointer"
 
 
 def timeit(fn, reps: int) -> float:
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--types", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default=RECORD, help=f"record name (default {RECORD!r})")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -117,9 +117,7 @@ def main() -> None:
         "batch": b, "hidden": d, "types": m, "head_size": 64, "tags": k,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1), encoding="utf-8")
-    print("wrote", args.out)
+    print("wrote", write_record(args.name, out))
 
 
 if __name__ == "__main__":
