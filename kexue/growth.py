@@ -13,6 +13,9 @@ by ``A`` and output space by ``B`` becomes ``W~ = A^+ W B``, ``b~ = b B``, with
 ``A^+`` the right inverse of ``A`` (chapter 06, Eq. ``ch06-linear``). LayerNorm
 needs ``eps~ = s^2 eps`` where ``s`` is the scale of its input's copies.
 
+Methods only; the grow-then-train experiment of the chapter (MLM runs compared
+at equal FLOPs) is :mod:`kexue.experiments.ch06_growth`.
+
 See: book chapter 06 (``06_lossless_growth``).
 """
 
@@ -21,16 +24,14 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from kexue.nn import MaskedLM, TransformerConfig, TransformerEncoder
-from kexue.pretrain import mask_tokens, mlm_logits_at, mlm_loss
-from kexue.tokenizer import CharTokenizer
+from kexue import checks
+from kexue.nn import MaskedLM, TransformerEncoder
 
 __all__ = [
     "Expansion",
@@ -42,12 +43,6 @@ __all__ = [
     "expand_hidden",
     "contract_hidden",
     "perturb",
-    "GrowthExperimentConfig",
-    "configs",
-    "flops_per_token",
-    "TrainRecord",
-    "train_mlm",
-    "run_growth_experiment",
 ]
 
 Heads = Literal["size", "count"]
@@ -72,7 +67,7 @@ class Expansion:
     RoPE pair at every other pair and leaves zeros between.
 
     ``gain`` is ``sum(c_j^2)``: the squared norm of the image of a unit vector.
-    See: book chapter 06, section ``ch06-repeat``.
+    With ``group=1`` and equal coefficients ``1/sqrt(k)`` it is the map ``A`` of Eq. ``ch06-embed``.
     """
 
     coeffs: tuple[float, ...]
@@ -83,8 +78,7 @@ class Expansion:
             raise ValueError("coeffs must hold at least one coefficient")
         if not any(c != 0 for c in self.coeffs):
             raise ValueError(f"coeffs must not all be zero, got {self.coeffs}")
-        if not isinstance(self.group, int) or self.group < 1:
-            raise ValueError(f"group must be a positive int, got {self.group!r}")
+        checks.positive_int("group", self.group)
 
     @classmethod
     def repeat(cls, factor: int, scale: float = 1.0, group: int = 1) -> Expansion:
@@ -222,21 +216,21 @@ class _Plan:
 # ---------------------------------------------------------------------------
 
 
-def _check_factor(factor: Any, name: str = "factor") -> int:
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
-        raise ValueError(f"{name} must be an integer >= 2, got {factor!r}")
-    return factor
-
-
-def _check_choice(value: Any, name: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+def _check_factor(factor: Any) -> int:
+    return checks.int_at_least("factor", factor, 2)
 
 
 def _check_noise(noise: Any) -> float:
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
-        raise ValueError(f"noise must be a finite float >= 0, got {noise!r}")
-    return float(noise)
+    return checks.float_in("noise", noise, 0.0, math.inf)
+
+
+def _check_options(factor: Any, heads: str, convention: str, attention_fix: str = "weights") -> int:
+    """Validate the options shared by :func:`widen`, :func:`growth_gains` and :func:`symmetry_gap`."""
+    factor = _check_factor(factor)
+    checks.choice("heads", heads, ("size", "count"))
+    checks.choice("convention", convention, ("isometric", "copy"))
+    checks.choice("attention_fix", attention_fix, ("weights", "config"))
+    return factor
 
 
 def _encoder_of(model: nn.Module) -> tuple[TransformerEncoder, str]:
@@ -415,10 +409,7 @@ def _widen_impl(
     generator: torch.Generator | None,
 ) -> tuple[nn.Module, _Plan]:
     _encoder_of(model)
-    factor = _check_factor(factor)
-    _check_choice(heads, "heads", ("size", "count"))
-    _check_choice(convention, "convention", ("isometric", "copy"))
-    _check_choice(attention_fix, "attention_fix", ("weights", "config"))
+    factor = _check_options(factor, heads, convention, attention_fix)
     noise = _check_noise(noise)
     plan = _plan_kexue(model, factor, heads, convention, attention_fix)
     cls = type(model)
@@ -468,7 +459,7 @@ def widen(
     Raises:
         ValueError: invalid ``factor``/options or an unsupported model.
 
-    See: book chapter 06, Eqs. ``ch06-linear``, ``ch06-ln-eps``, ``ch06-attn-scale``.
+    Implements Eqs. ``ch06-linear``, ``ch06-ln-eps``, ``ch06-ffn``, ``ch06-attn-scale`` and ``ch06-rope``.
     """
     return _widen_impl(model, factor, heads, convention, attention_fix, noise, generator)[0]
 
@@ -486,13 +477,10 @@ def growth_gains(
     The grown parameter is ``T theta``; each small entry appears ``m`` times with
     coefficient ``c``, so the gain is ``m c^2``. SGD with learning rate ``eta`` on
     the grown model (no noise, no dropout) equals SGD on the small model with
-    learning rate ``eta / gain`` for that tensor. See: book chapter 06, Eq. ``ch06-sgd``.
+    learning rate ``eta / gain`` for that tensor (Eq. ``ch06-sgd``).
     """
     _encoder_of(model)
-    _check_factor(factor)
-    _check_choice(heads, "heads", ("size", "count"))
-    _check_choice(convention, "convention", ("isometric", "copy"))
-    _check_choice(attention_fix, "attention_fix", ("weights", "config"))
+    _check_options(factor, heads, convention, attention_fix)
     plan = _plan_kexue(model, factor, heads, convention, attention_fix)
     return {name: role.gain for name, role in plan.roles.items()}
 
@@ -527,9 +515,8 @@ def symmetry_gap(
     ``sqrt(sum ||theta~ - P theta~||^2 / sum ||theta~||^2)`` with ``P`` the
     projection onto grown-from-some-small-model parameters. Zero right after a
     noiseless :func:`widen`; it stays zero under SGD/Adam without noise or dropout.
-    See: book chapter 06, section ``ch06-surprise``.
     """
-    _check_factor(factor)
+    _check_options(factor, heads, convention, attention_fix)
     twin = _small_twin(grown, factor, heads)
     plan = _plan_kexue(twin, factor, heads, convention, attention_fix)
     num = torch.zeros((), dtype=torch.float64)
@@ -546,17 +533,17 @@ def expand_hidden(h: torch.Tensor, factor: int = 2, convention: Convention = "is
     """The documented duplication map for encoder hidden states, ``(..., d) -> (..., k d)``.
 
     Interleaved repetition ``[h1, h1, h2, h2, ...]`` times ``1/sqrt(k)``
-    (isometric) or ``1`` (copy). See: book chapter 06, Eq. ``ch06-embed``.
+    (isometric) or ``1`` (copy): Eq. ``ch06-embed``.
     """
     _check_factor(factor)
-    _check_choice(convention, "convention", ("isometric", "copy"))
+    checks.choice("convention", convention, ("isometric", "copy"))
     return Expansion.repeat(factor, _hidden_scale(factor, convention)).expand(h, -1)
 
 
 def contract_hidden(h: torch.Tensor, factor: int = 2, convention: Convention = "isometric") -> torch.Tensor:
     """Left inverse of :func:`expand_hidden`, ``(..., k d) -> (..., d)``."""
     _check_factor(factor)
-    _check_choice(convention, "convention", ("isometric", "copy"))
+    checks.choice("convention", convention, ("isometric", "copy"))
     return Expansion.repeat(factor, _hidden_scale(factor, convention)).contract(h, -1)
 
 
@@ -564,7 +551,7 @@ def perturb(model: nn.Module, noise: float, generator: torch.Generator | None = 
     """Net2Net-style symmetry breaking: add i.i.d. noise to every weight matrix (in place).
 
     Each ``nn.Linear`` weight gets ``noise * rms(W) * N(0, 1)``. Unlike ``widen(noise=...)``
-    this changes the function a little. Returns ``model``. See: book chapter 06.
+    this changes the function a little. Returns ``model``.
     """
     noise = _check_noise(noise)
     with torch.no_grad():
@@ -634,7 +621,7 @@ def deepen(
     block's second LayerNorm and reset the preceding one to ``(1, 0)``: the new block
     then normalises an already normalised vector, exact when ``layer_norm_eps = 0``
     and off by a relative ``O(eps / var)`` otherwise (1e-12 for BERT's eps). The
-    hidden state *between* the two changes. See: book chapter 06, section ``ch06-depth``.
+    hidden state *between* the two changes.
     """
     encoder, prefix = _encoder_of(model)
     cfg = encoder.config
@@ -716,7 +703,7 @@ def widen_hf_bert(
     plain copy, so ``pooler_output`` becomes ``[p1, p1, p2, p2, ...]``;
     ``last_hidden_state`` becomes :func:`expand_hidden` of the small one, and
     mean-pooled, L2-normalised sentence embeddings become ``expand_hidden(e, k)``
-    under either convention. See: book chapter 06, section ``ch06-minilm``.
+    under either convention.
     """
     try:
         from transformers import BertModel
@@ -724,9 +711,7 @@ def widen_hf_bert(
         raise ValueError("widen_hf_bert needs the transformers package") from err
     if not isinstance(model, BertModel):
         raise ValueError(f"model must be a transformers.BertModel, got {type(model).__name__}")
-    factor = _check_factor(factor)
-    _check_choice(heads, "heads", ("size", "count"))
-    _check_choice(convention, "convention", ("isometric", "copy"))
+    factor = _check_options(factor, heads, convention)
     noise = _check_noise(noise)
     cfg = model.config
     if getattr(cfg, "position_embedding_type", "absolute") != "absolute":
@@ -779,234 +764,3 @@ def widen_hf_bert(
     _fill(new, model, plan, noise, generator)
     new.train(model.training)
     return new
-
-
-# ---------------------------------------------------------------------------
-# Experiment helpers: configs, FLOPs, MLM masking
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class GrowthExperimentConfig:
-    """The grow-then-train experiment of chapter 06 (MLM on Chinese STS-B sentences)."""
-
-    small_dim: int = 32  # hidden size of the small model; the big one is factor x larger
-    depth: int = 2  # blocks (width growth keeps depth)
-    heads: int = 2  # attention heads (heads="size": head size grows)
-    factor: int = 2  # width factor k
-    max_len: int = 32  # characters per sentence (longer ones are cut)
-    batch_size: int = 64  # sentences per step
-    small_steps: int = 100  # steps of the small model before growth
-    big_steps: int = 100  # steps after growth (and of the big model's from-scratch run, plus the head start)
-    lr: float = 2e-3  # AdamW peak learning rate (constant after a 10-step warm-up)
-    noise: float = 0.1  # relative noise of widen(noise=...) and of Net2Net-style perturb
-    eval_every: int = 20  # steps between validation evaluations
-    eval_sentences: int = 256  # validation sentences (fixed masks)
-    mask_rate: float = 0.15  # fraction of characters masked
-    min_count: int = 2  # minimum character count for the vocabulary
-    seed: int = 0
-    norm: str = "pre"
-    position: str = "rotary"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def configs() -> dict[str, GrowthExperimentConfig]:
-    """``{"smoke": ..., "full": ...}``; pick one with ``kexue.utils.profile()``."""
-    return {
-        "smoke": GrowthExperimentConfig(),
-        "full": GrowthExperimentConfig(
-            small_dim=128, depth=4, heads=4, max_len=64, batch_size=128, small_steps=3000,
-            big_steps=3000, lr=7e-4, eval_every=100, eval_sentences=2000,
-        ),
-    }
-
-
-def flops_per_token(config: TransformerConfig, seq_len: int, *, mlm_head: bool = True) -> float:
-    """Training FLOPs per token: 3 x (forward multiply-adds x 2).
-
-    Forward per token and block: ``2 (4 d^2 + 2 d f)`` for the projections and
-    ``2 (2 n d)`` for scores and the weighted sum; plus ``2 (d^2 + d V)`` for the MLM
-    head. Backward is counted as twice the forward (the usual ``6 N`` rule).
-    """
-    d, f, n = config.dim, config.ffn_dim, seq_len
-    forward = config.depth * (2 * (4 * d * d + 2 * d * f) + 4 * n * d)
-    if mlm_head:
-        forward += 2 * (d * d + d * config.vocab_size)
-    return 3.0 * forward
-
-
-@dataclass
-class TrainRecord:
-    """Validation MLM loss against optimisation steps and cumulative training FLOPs."""
-
-    name: str
-    steps: list[int] = field(default_factory=list)
-    flops: list[float] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    symmetry_gap: list[float] = field(default_factory=list)
-
-
-@torch.no_grad()
-def _evaluate(model: MaskedLM, batches: list[tuple[torch.Tensor, ...]]) -> float:
-    was = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for inputs, mask, selected, labels in batches:
-        logits = mlm_logits_at(model, inputs, mask, selected)
-        total += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
-        count += int(labels.numel())
-    model.train(was)
-    return total / count
-
-
-def train_mlm(
-    model: MaskedLM,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    eval_batches: list[tuple[torch.Tensor, ...]],
-    *,
-    steps: int,
-    lr: float,
-    batch_size: int,
-    mask_rate: float,
-    mask_id: int,
-    vocab_size: int,
-    eval_every: int,
-    generator: torch.Generator,
-    record: TrainRecord,
-    step_offset: int = 0,
-    flops_offset: float = 0.0,
-    warmup: int = 10,
-    gap: Callable[[nn.Module], float] | None = None,
-) -> TrainRecord:
-    """AdamW (weight decay 0.01, ``warmup`` linear steps then constant ``lr``) on masked characters.
-
-    Masking and loss are the shared ones, :func:`kexue.pretrain.mask_tokens` (BERT's
-    80/10/10 corruption) and :func:`kexue.pretrain.mlm_loss`.
-
-    Appends to ``record`` at step 0 and every ``eval_every`` steps; FLOPs are
-    counted with :func:`flops_per_token` on the real (unpadded) tokens of each batch.
-    """
-    device = _param_like(model).device
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
-    flops = flops_offset
-
-    def log(step: int) -> None:
-        record.steps.append(step_offset + step)
-        record.flops.append(flops)
-        record.val_loss.append(_evaluate(model, eval_batches))
-        if gap is not None:
-            record.symmetry_gap.append(gap(model))
-
-    model.train()
-    log(0)
-    for step in range(1, steps + 1):
-        rows = torch.randint(0, ids.shape[0], (batch_size,), generator=generator)
-        batch_mask = mask[rows]
-        width = int(batch_mask.sum(1).max())
-        batch_ids, batch_mask = ids[rows, :width], batch_mask[:, :width]
-        corrupted, selected = mask_tokens(
-            batch_ids, batch_mask, mask_id=mask_id, vocab_size=vocab_size, mask_prob=mask_rate, generator=generator
-        )
-        loss = mlm_loss(model, corrupted.to(device), batch_mask.to(device), selected.to(device),
-                        batch_ids[selected].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        flops += flops_per_token(model.config, width) * float(batch_mask.sum())
-        if step % eval_every == 0 or step == steps:
-            log(step)
-    return record
-
-
-def run_growth_experiment(
-    cfg: GrowthExperimentConfig,
-    train_sentences: Sequence[str],
-    val_sentences: Sequence[str],
-    device: torch.device | str = "cpu",
-) -> dict[str, Any]:
-    """Small model, then four continuations, against a big model from scratch.
-
-    Runs (all MLM, AdamW, same data order per run): ``small`` for
-    ``small_steps + big_steps``; ``grown`` (``widen``, no noise), ``grown+noise``
-    (``widen(noise=...)``, exact) and ``net2net`` (copy convention, then i.i.d.
-    :func:`perturb`, not exact), each for ``big_steps`` after the small model's
-    ``small_steps``; ``scratch``, the big model from random initialisation for as
-    many steps as the grown runs' total FLOPs allow. Returns the records, the vocab
-    size, both configs and the trained models.
-    """
-    from kexue.utils import seed_everything
-
-    device = torch.device(device)
-    tokenizer = CharTokenizer.build(train_sentences, min_count=cfg.min_count)
-    ids, mask = tokenizer(list(train_sentences), cfg.max_len, pad_to_max=True)
-    val_ids, val_mask = tokenizer(list(val_sentences)[: cfg.eval_sentences], cfg.max_len, pad_to_max=True)
-    g_eval = torch.Generator().manual_seed(cfg.seed + 1000)
-    eval_batches = []
-    for i in range(0, len(val_ids), 256):
-        v_ids, v_mask = val_ids[i : i + 256], val_mask[i : i + 256]
-        corrupted, selected = mask_tokens(
-            v_ids, v_mask, mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
-            mask_prob=cfg.mask_rate, generator=g_eval,
-        )
-        eval_batches.append(tuple(t.to(device) for t in (corrupted, v_mask, selected, v_ids[selected])))
-    small_cfg = TransformerConfig(
-        vocab_size=tokenizer.vocab_size, dim=cfg.small_dim, depth=cfg.depth, heads=cfg.heads,
-        ffn_dim=4 * cfg.small_dim, max_len=cfg.max_len, dropout=0.0, attention_dropout=0.0,
-        norm=cfg.norm, position=cfg.position,
-    )
-    common = dict(
-        lr=cfg.lr, batch_size=cfg.batch_size, mask_rate=cfg.mask_rate, mask_id=tokenizer.mask_id,
-        vocab_size=tokenizer.vocab_size,
-        eval_every=cfg.eval_every,
-    )
-    k = cfg.factor
-    gap = lambda m: symmetry_gap(m, k)  # noqa: E731
-    seed_everything(cfg.seed)
-    small = MaskedLM(small_cfg).to(device)
-    rec_small = TrainRecord("small")
-    train_mlm(small, ids, mask, eval_batches, steps=cfg.small_steps, generator=torch.Generator().manual_seed(cfg.seed),
-              record=rec_small, **common)
-    snapshot = copy.deepcopy(small)
-    records: dict[str, TrainRecord] = {}
-    models: dict[str, nn.Module] = {}
-    after = (rec_small.steps[-1], rec_small.flops[-1])
-    data_seed = cfg.seed + 1
-    # the small model continues: does the big one ever beat it?
-    train_mlm(small, ids, mask, eval_batches, steps=cfg.big_steps, generator=torch.Generator().manual_seed(data_seed),
-              record=rec_small, step_offset=after[0], flops_offset=after[1], **common)
-    records["small"], models["small"] = rec_small, small
-    variants = {
-        "grown": lambda: widen(snapshot, k),
-        "grown+noise": lambda: widen(snapshot, k, noise=cfg.noise, generator=torch.Generator().manual_seed(cfg.seed)),
-        "net2net": lambda: perturb(widen(snapshot, k, convention="copy"), cfg.noise,
-                                   torch.Generator().manual_seed(cfg.seed)),
-    }
-    for name, make in variants.items():
-        model = make()
-        rec = TrainRecord(name)
-        train_mlm(model, ids, mask, eval_batches, steps=cfg.big_steps,
-                  generator=torch.Generator().manual_seed(data_seed), record=rec, step_offset=after[0],
-                  flops_offset=after[1], gap=gap if name != "net2net" else None, **common)
-        records[name], models[name] = rec, model
-    big_cfg = replace(small_cfg, dim=k * cfg.small_dim, ffn_dim=4 * k * cfg.small_dim)
-    # equal total compute: the small phase plus the grown phase, in big-model steps
-    budget = records["grown"].flops[-1]
-    per_step_big = (records["grown"].flops[-1] - records["grown"].flops[0]) / cfg.big_steps
-    scratch_steps = max(cfg.big_steps, int(round(budget / per_step_big)))
-    seed_everything(cfg.seed)
-    scratch = MaskedLM(big_cfg).to(device)
-    rec = TrainRecord("scratch")
-    train_mlm(scratch, ids, mask, eval_batches, steps=scratch_steps, generator=torch.Generator().manual_seed(cfg.seed),
-              record=rec, **common)
-    records["scratch"], models["scratch"] = rec, scratch
-    return {
-        "records": records,
-        "models": models,
-        "small_config": small_cfg,
-        "big_config": big_cfg,
-        "vocab_size": tokenizer.vocab_size,
-        "scratch_steps": scratch_steps,
-    }

@@ -1,13 +1,13 @@
-"""The small Chinese character BERT that ships with kexue (issue 3).
+"""The small Chinese character BERT that ships with kexue.
 
 ``load_zh_char_bert()`` returns ``(model, tokenizer)``: a
 :class:`kexue.nn.MaskedLM` in eval mode and its
 :class:`kexue.tokenizer.CharTokenizer`. Weights load through safetensors only
 (never pickle). The files live in ``kexue/pretrained/zh_char_bert/`` and are
-written by ``python -m kexue.pretrain``; the training record beside them says
-how. A pretraining checkpoint directory (``.../checkpoint``, which has no
-``config.json`` but a ``state.json``) loads too, which is handy while a run is
-still going.
+written by :func:`save_pretrained` at the end of ``python -m kexue.pretrain``;
+the training record beside them says how. A pretraining run also writes them
+into its checkpoint directory (``<out>/checkpoint``) at every save, so a run
+still going loads the same way.
 
 See: the model card page of the book.
 """
@@ -19,25 +19,40 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from kexue.nn import MaskedLM, TransformerConfig
 from kexue.tokenizer import CharTokenizer
 
-__all__ = ["ZH_CHAR_BERT", "load_zh_char_bert", "training_record", "load_minilm"]
+__all__ = ["ZH_CHAR_BERT", "load_zh_char_bert", "save_pretrained", "training_record", "load_minilm"]
 
 ZH_CHAR_BERT = Path(__file__).resolve().parent / "pretrained" / "zh_char_bert"
 
 
-def _config(path: Path, vocab_size: int) -> TransformerConfig:
-    if (path / "config.json").is_file():
-        return TransformerConfig(**json.loads((path / "config.json").read_text(encoding="utf-8")))
-    if (path / "state.json").is_file():  # a checkpoint of a run in progress
-        from kexue.pretrain import PretrainConfig
+def _config(path: Path) -> TransformerConfig:
+    """The :class:`~kexue.nn.TransformerConfig` saved as ``config.json`` in ``path``."""
+    file = path / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"no config.json in {path}")
+    return TransformerConfig(**json.loads(file.read_text(encoding="utf-8")))
 
-        saved = json.loads((path / "state.json").read_text(encoding="utf-8"))["config"]
-        return PretrainConfig(**saved).model_config(vocab_size)
-    raise FileNotFoundError(f"no config.json (or checkpoint state.json) in {path}")
+
+def save_pretrained(
+    model: MaskedLM, tokenizer: CharTokenizer, out: str | Path, record: dict[str, Any] | None = None
+) -> Path:
+    """Write what :func:`load_zh_char_bert` reads: ``model.safetensors`` (float32),
+    ``config.json``, ``vocab.txt``, and ``training_record.json`` when ``record`` is given."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt", "kexue": "MaskedLM"})
+    (out / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    tokenizer.save(out)
+    if record is not None:
+        (out / "training_record.json").write_text(
+            json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+    return out
 
 
 def load_zh_char_bert(
@@ -63,7 +78,7 @@ def load_zh_char_bert(
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     tokenizer = CharTokenizer.load(path)
-    config = _config(path, tokenizer.vocab_size)
+    config = _config(path)
     bad = sorted(set(overrides) - {"dropout", "attention_dropout", "attention_scale"})
     if bad:
         raise ValueError(f"overrides may only set dropout, attention_dropout or attention_scale, got {bad}")

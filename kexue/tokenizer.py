@@ -17,7 +17,7 @@ space, ASCII digits, lowercase Latin letters, ASCII punctuation and common CJK
 punctuation (always present), then every other corpus character seen at least
 ``min_count`` times, most frequent first.
 
-See: the model card of the pretrained Chinese encoder (issue 3).
+See: the model card of the pretrained Chinese encoder.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from kexue.data import normalize_char
+from kexue.data import load_pretraining_corpus, normalize_char
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -109,8 +109,6 @@ class CharTokenizer:
     @classmethod
     def from_corpus(cls, min_count: int = 3) -> "CharTokenizer":
         """Build from :func:`kexue.data.load_pretraining_corpus`."""
-        from kexue.data import load_pretraining_corpus
-
         return cls.build(load_pretraining_corpus(), min_count=min_count)
 
     # ------------------------------------------------------------------ properties

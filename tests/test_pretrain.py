@@ -1,23 +1,35 @@
-"""MLM pretraining (``kexue.pretrain``) and the shipped checkpoint (``kexue.pretrained``)."""
+"""MLM pretraining (``kexue.experiments.pretrain``, run as ``python -m kexue.pretrain``), its
+method pieces (``kexue.mlm``) and the shipped checkpoint (``kexue.pretrained``)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from kexue.pretrain import (
+import kexue.experiments.pretrain as run_module
+from kexue.experiments.loop import lr_factor
+from kexue.experiments.pretrain import (
+    DEFAULT_OUT,
+    TINY_OUT,
     PretrainConfig,
-    evaluate_mlm,
     heldout_split,
     lr_at,
     main,
-    mask_tokens,
     pretrain,
+    text_sha256,
+    warmup_steps,
 )
+from kexue.mlm import PackedSequences, evaluate_mlm, mask_tokens, seed_from
 from kexue.pretrained import ZH_CHAR_BERT, load_zh_char_bert, training_record
+from kexue.tokenizer import CharTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +90,31 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
     assert lr_at(100, 100, 1.0, 0.1) == 0.0
 
 
+def test_lr_schedule_is_the_loops_linear_schedule_with_the_old_formula():
+    """The recipe's schedule: warm-up over ceil(warmup * total) steps, then (total - s) / (total - warm)."""
+    for (total, warmup), n_warm in zip(((3500, 0.05), (24, 0.1), (7, 0.0), (1, 0.5)), (175, 3, 0, 1)):
+        assert warmup_steps(total, warmup) == n_warm
+        for s in range(total):
+            old = (s + 1) / n_warm if s < n_warm else max(0.0, (total - s) / max(1, total - n_warm))
+            assert lr_at(s, total, 1.0, warmup) == pytest.approx(old, abs=1e-12)
+            assert lr_factor(s, total, n_warm, "linear") == pytest.approx(old, abs=1e-12)
+
+
+def test_packed_sequences_chunk_long_sentences_and_pad():
+    tok = CharTokenizer.build(["abcdefgh", "xy"], min_count=1)
+    packed = PackedSequences(tok, ["abcdefgh", "xy"], max_len=5)  # room for 3 characters per chunk
+    assert packed.lengths.tolist() == [5, 5, 4, 4] and packed.n_tokens == 18
+    ids, mask = packed.batch(torch.tensor([3, 0]))
+    assert ids.shape == (2, 5) and mask.sum(1).tolist() == [4, 5]
+    assert ids[0].tolist() == [tok.cls_id, *tok.encode("xy"), tok.sep_id, 0]
+    assert ids[1].tolist() == [tok.cls_id, *tok.encode("abc"), tok.sep_id]
+
+
+def test_seed_from_is_stable():
+    assert seed_from(0, 1) == seed_from(0, 1) != seed_from(1, 0)
+    assert 0 <= seed_from(5, -1) < 2**63
+
+
 def test_heldout_split_is_disjoint_and_seeded():
     s = [f"s{i}" for i in range(50)]
     tr, ho = heldout_split(s, 7, seed=3)
@@ -87,12 +124,24 @@ def test_heldout_split_is_disjoint_and_seeded():
         heldout_split(s, 0)
 
 
-@pytest.mark.parametrize("bad", [dict(dim=0), dict(max_len=2), dict(mask_prob=1.5), dict(lr=0.0), dict(steps=None)])
+@pytest.mark.parametrize("bad", [dict(dim=0), dict(max_len=2), dict(mask_prob=1.5), dict(lr=0.0), dict(steps=None),
+                                 dict(save_every_minutes=0.0)])
 def test_config_rejects_bad_values(bad):
     kw = dict(steps=5)
     kw.update(bad)
     with pytest.raises(ValueError):
         PretrainConfig(**kw)
+
+
+def test_tiny_never_writes_into_the_shipped_checkpoint(tmp_path, sentences):
+    assert PretrainConfig(steps=1).out == str(DEFAULT_OUT)
+    assert PretrainConfig(steps=1, tiny=True).out == str(TINY_OUT)
+    with pytest.raises(ValueError, match="shipped"):
+        PretrainConfig(steps=1, tiny=True, out=str(ZH_CHAR_BERT))
+    with pytest.raises(SystemExit):
+        main(["--tiny", "--steps", "1", "--out", str(ZH_CHAR_BERT), "--no-progress"])
+    with pytest.raises(ValueError, match="shipped"):  # a run on given sentences (a test) neither
+        pretrain(_tiny(ZH_CHAR_BERT), sentences, progress=False)
 
 
 # ----------------------------------------------------------------------------- runs
@@ -107,6 +156,18 @@ def test_tiny_run_reduces_loss_and_writes_outputs(tmp_path, sentences):
     assert 0.0 <= saved["heldout"]["unigram_accuracy"] <= 1.0
     model, tok = load_zh_char_bert(tmp_path)
     assert not model.training and tok.vocab_size == model.config.vocab_size
+    assert [p[0] for p in saved["heldout_curve"]] == [24]  # eval_every=0: only at the end
+    assert [p[0] for p in saved["loss_curve"]] == [4, 8, 12, 16, 20, 24]
+
+
+def test_checkpoint_of_a_stopped_run_loads_and_evaluations_are_recorded(tmp_path, sentences):
+    record = pretrain(_tiny(tmp_path, steps=12, stop_at=7, eval_every=3), sentences, progress=False)
+    assert record["steps"] == 7 and not record["complete"]
+    assert [p[0] for p in record["heldout_curve"]] == [3, 6, 7]  # every 3 steps, then the stop
+    model, tok = load_zh_char_bert(tmp_path / "checkpoint")  # safetensors + config.json, no pickle
+    final = load_zh_char_bert(tmp_path)[0]
+    for a, b in zip(model.state_dict().values(), final.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_same_seed_same_weights_and_resume_is_exact(tmp_path, sentences):
@@ -122,6 +183,28 @@ def test_same_seed_same_weights_and_resume_is_exact(tmp_path, sentences):
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
         torch.testing.assert_close(wa[k], wc[k], rtol=0, atol=0)
     assert any(not torch.equal(partial[k], wa[k]) for k in wa), "the resumed run must have trained further"
+
+
+def test_sessions_of_save_every_minutes_match_one_session(tmp_path, sentences):
+    """A run cut into many short sessions (each resumes from the loop's checkpoint) is bit-exact."""
+    pretrain(_tiny(tmp_path / "a", steps=30), sentences, progress=False)
+    run_module_min = run_module.MIN_SESSION_SECONDS
+    try:
+        run_module.MIN_SESSION_SECONDS = 0.0
+        pretrain(_tiny(tmp_path / "b", steps=30, save_every_minutes=0.1 / 60), sentences, progress=False)
+    finally:
+        run_module.MIN_SESSION_SECONDS = run_module_min
+    state = torch.load(tmp_path / "b" / "checkpoint" / "loop_state.pt", weights_only=False)
+    assert state["history"]["resumed_at"], "the run should have been cut into sessions"
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
+
+
+def test_minutes_budget_sets_the_steps(tmp_path, sentences):
+    record = pretrain(_tiny(tmp_path, steps=None, minutes=0.05), sentences, progress=False)
+    assert record["total_steps"] >= 1 and record["config"]["steps"] == record["total_steps"]
+    assert record["wall_seconds_this_session"] < 60
 
 
 def test_other_seed_other_weights(tmp_path, sentences):
@@ -142,6 +225,28 @@ def test_resume_without_checkpoint_raises(tmp_path, sentences):
         pretrain(_tiny(tmp_path), sentences, resume=tmp_path / "nowhere", progress=False)
 
 
+def test_entry_point_keeps_the_old_names():
+    import kexue.pretrain as entry
+
+    for name in entry.__all__:
+        assert hasattr(entry, name), name
+    assert entry.pretrain is pretrain and entry.mask_tokens is mask_tokens
+
+
+@pytest.mark.slow
+def test_cli_module_runs_in_a_subprocess(tmp_path):
+    out = tmp_path / "tiny"
+    cmd = [sys.executable, "-m", "kexue.pretrain", "--tiny", "--steps", "2", "--dim", "16", "--depth", "1",
+           "--heads", "2", "--ffn-dim", "32", "--batch-size", "8", "--max-len", "24", "--eval-every", "0",
+           "--no-progress", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "held-out MLM accuracy" in done.stderr and (out / "model.safetensors").is_file()
+    shipped = subprocess.run([sys.executable, "-m", "kexue.pretrain", "--tiny", "--steps", "1", "--out",
+                              str(ZH_CHAR_BERT)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert shipped.returncode == 2 and "shipped" in shipped.stderr
+
+
 # ----------------------------------------------------------------------------- the shipped checkpoint
 def test_shipped_checkpoint_is_small_and_recorded():
     assert (ZH_CHAR_BERT / "model.safetensors").stat().st_size < 25 * 2**20
@@ -154,13 +259,12 @@ def test_shipped_checkpoint_is_small_and_recorded():
 
 def test_shipped_checkpoint_reproduces_its_heldout_accuracy():
     from kexue.data import load_pretraining_corpus
-    from kexue.pretrain import _fingerprint
 
     record = training_record()
     cfg, held = record["config"], record["heldout"]
     corpus = load_pretraining_corpus()
     _, heldout = heldout_split(corpus, record["data"]["heldout_sentences"], cfg["heldout_seed"])
-    assert _fingerprint(heldout) == record["data"]["heldout_sha256"], "the held-out sample changed"
+    assert text_sha256(heldout) == record["data"]["heldout_sha256"], "the held-out sample changed"
     model, tok = load_zh_char_bert()
     unigram_id = tok.token_to_id[held["unigram_token"]]
     res = evaluate_mlm(model, tok, heldout, max_len=cfg["max_len"], mask_prob=held["mask_prob"],
