@@ -205,7 +205,24 @@ def test_cli_dry_run(capsys):
         __import__(f"kexue.experiments.{first}")
     except ModuleNotFoundError:
         pytest.skip("chapter module not written yet")
-    assert cli_main([first, "--profile", "smoke", "--dry-run"]) == 0
-    assert "record:" in capsys.readouterr().out
+    for name in (first, "01", "ch01", first.split("_", 1)[1]):
+        assert cli_main([name, "--profile", "smoke", "--dry-run"]) == 0
+        assert "record:" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli_main(["nonexistent"])
+
+
+@pytest.mark.parametrize("number", sorted(CHAPTERS))
+def test_every_chapter_module_has_the_same_surface(number):
+    """``CONFIGS`` (a Profiles table of one frozen config) and ``run(cfg, seed=...)``."""
+    import importlib
+    import inspect
+
+    module = importlib.import_module(f"kexue.experiments.{CHAPTERS[number]}")
+    assert isinstance(module.CONFIGS, Profiles)
+    assert list(module.CONFIGS) == ["smoke", "book", "full"]
+    params = inspect.signature(module.run).parameters
+    assert list(params)[0] == "cfg" and "seed" in params
+    for cfg in module.CONFIGS.values():
+        config_hash(cfg)  # every config is plain data
+    assert len({config_hash(c) for c in module.CONFIGS.values()}) == 3, "profiles must differ"

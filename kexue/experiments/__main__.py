@@ -19,11 +19,9 @@ from kexue.utils import PROFILES
 
 
 def _module_name(chapter: str) -> str:
-    key = chapter.strip().lower().removeprefix("ch")
-    if key in CHAPTERS:
-        return CHAPTERS[key]
+    key = chapter.strip().lower()
     for number, name in CHAPTERS.items():
-        if key in (name, name.split("_", 1)[1]):
+        if key in (number, f"ch{number}", name, name.split("_", 1)[1]):
             return name
     raise SystemExit(f"unknown chapter {chapter!r}; choose one of {', '.join(CHAPTERS)} or {', '.join(CHAPTERS.values())}")
 
