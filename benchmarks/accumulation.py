@@ -11,7 +11,8 @@ same Chinese STS-B training sentences:
   full-batch step;
 * peak bytes saved for backward (activation memory, weights excluded).
 
-Writes ``benchmarks/results/accumulation.json``. Usage::
+Writes the record ``benchmarks/accumulation`` (``kexue/results/benchmarks/accumulation.json``,
+read with ``kexue.experiments.records.load_record``). Usage::
 
     .venv/bin/python benchmarks/accumulation.py [--repeats 3]
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
-import json
 import os
 import statistics
 import sys
@@ -34,10 +34,12 @@ from torch import nn
 
 import kexue.accumulation as acc
 from kexue.data import load_sts_b
+from kexue.experiments.ch07_accumulation import CONFIGS, load_sentence_encoder
+from kexue.experiments.records import write_record
 from kexue.pretrained import ZH_CHAR_BERT
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "benchmarks" / "results" / "accumulation.json"
+RECORD = "benchmarks/accumulation"
 TAU = 0.05
 
 
@@ -127,9 +129,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
-    cfg = acc.config("smoke")
+    cfg = CONFIGS["smoke"]
     path = ZH_CHAR_BERT if (ZH_CHAR_BERT / "model.safetensors").is_file() else ZH_CHAR_BERT / "checkpoint"
-    encoder, tokenizer = acc.load_sentence_encoder(cfg, path)
+    encoder, tokenizer = load_sentence_encoder(cfg, path)
     encoder.train()  # dropout on
 
     # full-width rows only, so that no peer trims padding columns and every call draws the same masks
@@ -259,8 +261,7 @@ def main() -> None:
     )
     for row in rows_gradients:
         print(f"{row['loss']:>6} {row['method']:>40}: rel. error {row['rel_error']:.2e}")
-    OUT.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {OUT.relative_to(ROOT)}")
+    print(f"wrote {write_record(RECORD, result)}")
 
 
 if __name__ == "__main__":

