@@ -1,6 +1,7 @@
 """Small Sphinx fixes for the kexue book.
 
-Notebook pages get a "download .ipynb" entry (see ``_offer_notebook_download``).
+Notebook pages get a "download .ipynb" entry (see ``_offer_notebook_download``),
+and every page the book's CSS (``static/kexue.css``: a CJK font fallback list).
 
 ``sphinx_thebe`` registers its inline ``const THEBE_JS_URL = ...`` script each
 time Sphinx reads documents, so a build that re-reads (as Jupyter Book 1's
@@ -48,7 +49,14 @@ def _dedupe_scripts(app: Any, pagename: str, templatename: str, context: dict, d
     context["script_files"] = unique
 
 
+def _add_static(app: Any) -> None:
+    """Serve this extension's ``static/`` folder (the book's CSS) with the HTML."""
+    app.config.html_static_path.append(str(Path(__file__).resolve().parent / "static"))
+
+
 def setup(app: Any) -> dict[str, Any]:
+    app.connect("builder-inited", _add_static)
+    app.add_css_file("kexue.css")
     app.connect("html-page-context", _offer_notebook_download, priority=100)
     app.connect("html-page-context", _dedupe_scripts, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
