@@ -16,16 +16,25 @@ run is :func:`kexue.experiments.loop.fit` with AdamW (weight decay 0.01), a
 10-step linear warm-up then a constant learning rate, and no dropout; the
 evaluation hook records the held-out loss, the cumulative FLOPs and the
 :func:`kexue.growth.symmetry_gap`.
+
+The module also holds the helpers of the chapter's smaller checks:
+:func:`unused_rope_rows` (the empty RoPE pairs of section 6),
+:func:`causal_attention` (the GPT case of section 7), :func:`copy_coefficients`
+and :func:`adam_twin_groups` (Adam after growth, section 9).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Any
+from unittest import mock
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kexue import checks
@@ -33,9 +42,9 @@ from kexue.data import load_sts_b
 from kexue.experiments.config import Profiles
 from kexue.experiments.loop import fit
 from kexue.experiments.records import RunResult, fingerprint
-from kexue.growth import perturb, symmetry_gap, widen
+from kexue.growth import Expansion, perturb, symmetry_gap, widen
 from kexue.mlm import MLMBatch, corrupt, mean_mlm_loss, mlm_loss, seed_from
-from kexue.nn import MaskedLM, TransformerConfig
+from kexue.nn import MaskedLM, TransformerConfig, TransformerEncoder
 from kexue.tokenizer import CharTokenizer
 from kexue.utils import get_device, seed_everything
 
@@ -50,6 +59,10 @@ __all__ = [
     "TrainRecord",
     "train_mlm",
     "run",
+    "unused_rope_rows",
+    "copy_coefficients",
+    "adam_twin_groups",
+    "causal_attention",
 ]
 
 
@@ -241,7 +254,8 @@ def run(cfg: GrowthConfig, seed: int = 0) -> RunResult:
     ``models``, ``small_config`` and ``big_config``, ``vocab_size``,
     ``scratch_steps`` and the sentence counts. ``metrics``: each run's final
     held-out loss, how far the grown runs start from the small model's loss
-    (zero for lossless growth), and the symmetry gaps.
+    (zero for lossless growth), the symmetry gaps and, with rotary positions,
+    the largest entry of the grown runs' empty RoPE rows (:func:`unused_rope_rows`).
     """
     device = get_device()
     train_sentences, val_sentences = sts_b_sentences()
@@ -291,6 +305,10 @@ def run(cfg: GrowthConfig, seed: int = 0) -> RunResult:
         flops_budget=budget,
         scratch_steps=float(scratch_steps),
     )
+    if cfg.position == "rotary":  # the empty RoPE pairs of widen(heads="size"): a saddle without noise
+        for name in ("grown", "grown+noise"):
+            rows = unused_rope_rows(models[name], k)
+            metrics[f"max_unused_rope_row_{name.replace('+', '_')}"] = max(float(r.abs().max()) for r in rows.values())
     return RunResult(
         metrics=metrics,
         artifacts={
@@ -308,3 +326,96 @@ def run(cfg: GrowthConfig, seed: int = 0) -> RunResult:
             "sts_b_valid_sentences": fingerprint(list(val_sentences)[: cfg.eval_sentences]),
         },
     )
+
+
+# ----------------------------------------------------------------------------- checks of sections 6, 7 and 9
+def unused_rope_rows(model: TransformerEncoder | MaskedLM, factor: int) -> dict[str, torch.Tensor]:
+    """The query and key rows that ``widen(heads="size")`` leaves empty under rotary positions.
+
+    ``widen`` writes pair ``i`` of a small head into pair ``k i`` of the grown head
+    (Eq. ``ch06-rope``); the other ``k - 1`` pairs of every ``k`` start with zero
+    query and key rows. Returns detached copies of those rows (weights and
+    biases, all blocks, flattened): ``{"query": ..., "key": ...}``.
+    """
+    encoder = model.encoder if isinstance(model, MaskedLM) else model
+    if not isinstance(encoder, TransformerEncoder):
+        raise ValueError(f"model must be a kexue.nn TransformerEncoder or MaskedLM, got {type(model).__name__}")
+    factor = checks.int_at_least("factor", factor, 2)
+    cfg = encoder.config
+    if cfg.position != "rotary" or cfg.dim % (2 * factor) or cfg.mixer != "attention":
+        raise ValueError(f"model must use rotary attention with dim divisible by 2 x factor={factor}")
+    empty = Expansion((1.0,) + (0.0,) * (factor - 1), group=2).zero_mask(cfg.dim // factor)
+    rows: dict[str, list[torch.Tensor]] = {"query": [], "key": []}
+    for block in encoder.blocks:
+        for name in rows:
+            linear = getattr(block.attention, name)
+            rows[name] += [linear.weight[empty].flatten(), linear.bias[empty]]
+    return {name: torch.cat(parts).detach().clone() for name, parts in rows.items()}
+
+
+def copy_coefficients(small: nn.Module, factor: int, **widen_options: Any) -> dict[str, tuple[float, int]]:
+    """``(c, m)`` per parameter of ``small``: ``widen`` stores each entry as ``m`` copies ``c theta``.
+
+    Read off ``widen`` itself (noise must be 0): a twin of ``small`` with every
+    parameter set to 1 is widened; its non-zero entries are the coefficients.
+    Raises ``ValueError`` if a tensor's copies carry unequal non-zero
+    coefficients (then no single ``c`` exists). ``m c^2`` is
+    :func:`kexue.growth.growth_gains`.
+    """
+    if widen_options.get("noise", 0.0):
+        raise ValueError("copy_coefficients describes noiseless growth: do not pass noise")
+    ones = copy.deepcopy(small)
+    with torch.no_grad():
+        for p in ones.parameters():
+            p.fill_(1.0)
+    grown = dict(widen(ones, factor, **widen_options).named_parameters())
+    out: dict[str, tuple[float, int]] = {}
+    for name, p in ones.named_parameters():
+        values = grown[name].detach()[grown[name] != 0]
+        c = float(values[0])
+        if not torch.allclose(values, torch.full_like(values, c), rtol=1e-12, atol=0.0):
+            raise ValueError(f"{name}: copies with unequal coefficients")
+        out[name] = (c, values.numel() // p.numel())
+    return out
+
+
+def adam_twin_groups(
+    small: nn.Module,
+    factor: int,
+    *,
+    lr: float,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    **widen_options: Any,
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups for ``small`` that reproduce ``AdamW(lr, eps, weight_decay)`` on its widening.
+
+    Per tensor with copies ``c theta`` (``m`` of them): learning rate ``lr / c``,
+    epsilon ``m c eps`` and weight decay ``c weight_decay`` (Eq. ``ch06-adam``).
+    """
+    coeffs = copy_coefficients(small, factor, **widen_options)
+    groups = []
+    for name, p in small.named_parameters():
+        c, m = coeffs[name]
+        groups.append({"params": [p], "lr": lr / c, "eps": m * c * eps, "weight_decay": c * weight_decay})
+    return groups
+
+
+@contextmanager
+def causal_attention() -> Iterator[None]:
+    """Inside the block every ``kexue.nn`` attention is causal (token ``i`` sees keys ``j <= i``), as in GPT.
+
+    ``kexue.nn`` has no causal mask. Its attention calls
+    ``torch.nn.functional.scaled_dot_product_attention`` with a key mask; this
+    patches that function to AND a lower-triangular mask into it.
+    """
+    original = F.scaled_dot_product_attention
+
+    def causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Any = None, **kw: Any) -> torch.Tensor:
+        lower = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        if attn_mask is not None and attn_mask.dtype != torch.bool:
+            raise ValueError("causal_attention expects a boolean attention mask")
+        return original(q, k, v, attn_mask=lower if attn_mask is None else attn_mask & lower, **kw)
+
+    with mock.patch.object(F, "scaled_dot_product_attention", causal):
+        yield
