@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kexue import rope
+from kexue import checks, rope
 
 __all__ = ["TransformerConfig", "MultiHeadSelfAttention"]
 
@@ -48,23 +48,30 @@ class TransformerConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "depth", "heads", "ffn_dim", "max_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            checks.positive_int(name, getattr(self, name))
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         for name in ("dropout", "attention_dropout"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-        if self.norm not in _NORMS:
-            raise ValueError(f"norm must be one of {_NORMS}, got {self.norm!r}")
-        if self.position not in _POSITIONS:
-            raise ValueError(f"position must be one of {_POSITIONS}, got {self.position!r}")
-        if self.activation not in _ACTIVATIONS:
+            checks.float_in(name, getattr(self, name), 0.0, 1.0)
+        checks.choice("norm", self.norm, _NORMS)
+        checks.choice("position", self.position, _POSITIONS)
+        checks.choice("activation", self.activation, tuple(_ACTIVATIONS))
+        checks.positive_float("rope_base", self.rope_base)
+        checks.float_in("layer_norm_eps", self.layer_norm_eps, 0.0, float("inf"))  # 0 is used for exact identities
+        if self.attention_scale is not None:
+            checks.positive_float("attention_scale", self.attention_scale)
+        if not isinstance(self.mixer, str):
+            raise TypeError(f"mixer must be a str, got {type(self.mixer).__name__}")
+        if not isinstance(self.mixer_options, dict):
+            raise TypeError(f"mixer_options must be a dict, got {type(self.mixer_options).__name__}")
+        if self.mixer != "attention" and self.position in ("rotary", "rotary2d"):
             raise ValueError(
-                f"activation must be one of {tuple(_ACTIVATIONS)}, got {self.activation!r}"
+                f"position={self.position!r} rotates attention queries and keys, which mixer={self.mixer!r} "
+                "does not have: use mixer='attention' or position='learned'/'none'"
             )
+        checks.nonnegative_int("pad_token_id", self.pad_token_id)
+        if self.pad_token_id >= self.vocab_size:
+            raise ValueError(f"pad_token_id must be < vocab_size={self.vocab_size}, got {self.pad_token_id}")
         head_dim = self.dim // self.heads
         if self.position == "rotary" and head_dim % 2:
             raise ValueError(f"rotary positions need an even head size, got {head_dim}")
@@ -79,12 +86,45 @@ class TransformerConfig:
         return asdict(self)
 
 
-def _check_mask(mask: torch.Tensor | None, batch: int, seq: int, device: torch.device) -> torch.Tensor | None:
-    if mask is None:
+def _check_positions(positions: Any, position: str, batch: int, seq: int) -> torch.Tensor | None:
+    """``positions`` checked against the encoder's ``position`` scheme (shapes only).
+
+    ``"rotary"``: ``None`` (``0 .. seq-1``), ``(seq,)`` or ``(1 or batch, seq)``;
+    ``"rotary2d"``: ``(seq, 2)`` or ``(1 or batch, seq, 2)`` holding ``(row, col)``;
+    ``"learned"`` and ``"none"`` use no positions, so passing some is an error
+    rather than silently ignored. Values (finite, real) are checked by
+    :mod:`kexue.rope`.
+    """
+    if position not in ("rotary", "rotary2d"):
+        if positions is not None:
+            raise ValueError(
+                f"positions are only used with position='rotary' or 'rotary2d', and this model has "
+                f"position={position!r}: pass positions=None"
+            )
         return None
-    if mask.shape != (batch, seq):
-        raise ValueError(f"mask must have shape (batch, seq)=({batch}, {seq}), got {tuple(mask.shape)}")
-    return mask.to(device=device, dtype=torch.bool)
+    if positions is None:
+        if position == "rotary2d":
+            raise ValueError("position='rotary2d' needs positions of shape (batch or 1, seq, 2)")
+        return None
+    checks.tensor("positions", positions)
+    tail = (seq,) if position == "rotary" else (seq, 2)
+    shape = tuple(positions.shape)
+    if not (shape == tail or (shape[1:] == tail and shape[0] in (1, batch))):
+        raise ValueError(
+            f"positions for position={position!r} must have shape {tail} or (1 or batch={batch}, *{tail}), "
+            f"got {shape}"
+        )
+    return positions
+
+
+def _check_inputs(
+    module: nn.Module, config: TransformerConfig, x: Any, mask: Any, positions: Any
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Check the hidden states ``x`` of ``module`` and return its checked ``mask`` and ``positions``."""
+    checks.hidden_states("x", x, config.dim, module=module)
+    batch, seq, _ = x.shape
+    mask = checks.token_mask("mask", mask, batch, seq, x.device)
+    return mask, _check_positions(positions, config.position, batch, seq)
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -92,6 +132,12 @@ class MultiHeadSelfAttention(nn.Module):
 
     ``Q = x W_q``, ``K = x W_k``, ``V = x W_v``; with rotary positions, ``Q`` and
     ``K`` are rotated per position before the scores (chapter 03).
+
+    ``forward(x, mask=None, positions=None)``: ``x`` is ``(batch, seq, dim)``;
+    ``mask`` follows :func:`kexue.checks.token_mask` (True = real token); the
+    padded rows of ``x`` are zeroed by ``masked_fill`` before the projections,
+    so whatever they hold (even inf or NaN) never reaches a real token or a
+    gradient. Outputs at padded positions carry no meaning.
     """
 
     def __init__(self, config: TransformerConfig) -> None:
@@ -112,8 +158,18 @@ class MultiHeadSelfAttention(nn.Module):
         x: torch.Tensor,
         mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        *,
+        checked: bool = False,
     ) -> torch.Tensor:
-        batch, seq, _ = x.shape
+        """``checked=True`` skips the argument checks, for a caller that already made them (the
+        encoder checks its mask and positions once, not in every block); ``mask`` must then be
+        ``None`` or a bool ``(batch, seq)`` tensor from :func:`kexue.checks.token_mask`."""
+        if not checked:
+            mask, positions = _check_inputs(self, self.config, x, mask, positions)
+        seq = x.shape[1]
+        # padded rows zeroed by masked_fill: a padded inf/NaN would otherwise reach the real tokens
+        # through q.k (NaN + mask = NaN) and p.v (0 * NaN), and every weight gradient
+        x = checks.zero_padding(x, mask)
         q, k, v = self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
         position = self.config.position
         if position in ("rotary", "rotary2d"):
@@ -124,8 +180,6 @@ class MultiHeadSelfAttention(nn.Module):
                 q = rope.apply_rope(q, pos, self.config.rope_base)
                 k = rope.apply_rope(k, pos, self.config.rope_base)
             else:
-                if positions is None:
-                    raise ValueError("position='rotary2d' needs positions of shape (batch or 1, seq, 2)")
                 pos = positions[:, None] if positions.dim() == 3 else positions
                 q = rope.apply_rope_2d(q, pos, self.config.rope_base)
                 k = rope.apply_rope_2d(k, pos, self.config.rope_base)

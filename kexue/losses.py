@@ -5,6 +5,13 @@ adjacent-pair layout, their formula-level loop references, Su's closed-form
 embedding gradient and stop-gradient surrogate, and a learnable temperature.
 Book chapter 07 derives them (equations ``ch07-infonce``, ``ch07-simcse``,
 ``ch07-htilde``, ``ch07-surrogate``); chapter 01 trains with the SimCSE loss.
+
+Every loss checks its inputs (:func:`check_embeddings`, :func:`check_temperature`):
+embeddings are finite floating ``(rows, dim)`` tensors (NaN or inf **raise** a
+``ValueError`` instead of becoming a NaN loss; with cosine similarity an
+all-zero row raises too), and the temperature is finite and ``> 0``, a float
+or a one-element tensor (a learnable one is checked on its detached value, so
+its gradient is untouched).
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from kexue import checks
 
 __all__ = [
     "info_nce",
@@ -34,29 +43,58 @@ __all__ = [
 # argument checks
 # ---------------------------------------------------------------------------
 def check_temperature(temperature: float | Tensor) -> float | Tensor:
-    """A positive float, or a positive 0-d floating tensor (a learnable temperature)."""
-    if isinstance(temperature, Tensor):
-        if temperature.numel() != 1 or not temperature.is_floating_point():
-            raise ValueError(
-                f"temperature must be a positive float or a 0-d floating tensor, got a "
-                f"{temperature.dtype} tensor of shape {tuple(temperature.shape)}"
-            )
-        return temperature.reshape(())
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a float or a tensor, got {type(temperature).__name__}")
-    if not (temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be positive and finite, got {temperature!r}")
-    return float(temperature)
+    """``tau``: a finite float ``> 0``, or a one-element floating tensor holding one (a learnable temperature).
+
+    A tensor is checked on its detached value (one host synchronisation), so a
+    learnable temperature keeps its gradient; ``tensor(0.)`` (a division by
+    zero) and a negative tensor (which would silently invert every similarity)
+    raise a ``ValueError`` like the floats do.
+    """
+    return checks.positive_scalar("temperature", temperature)
 
 
-def check_embeddings(name: str, x: Any, min_rows: int = 1) -> Tensor:
+def check_embeddings(name: str, x: Any, min_rows: int = 1, *, nonzero_rows: bool = False) -> Tensor:
+    """``x`` as a finite floating ``(rows, dim)`` tensor with at least ``min_rows`` rows.
+
+    NaN or inf embeddings **raise** a ``ValueError`` (one host synchronisation)
+    rather than propagate: every loss here would turn them into a NaN loss and
+    NaN gradients for the whole batch, far from their cause. With
+    ``nonzero_rows`` (cosine similarity), an all-zero row raises too: its
+    direction is undefined, and normalising it would silently give similarity 0.
+    """
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
     if x.dim() != 2 or not x.is_floating_point():
         raise ValueError(f"{name} must be a floating tensor of shape (rows, dim), got {x.dtype} {tuple(x.shape)}")
     if x.shape[0] < min_rows:
         raise ValueError(f"{name} must have at least {min_rows} rows, got {x.shape[0]}")
+    if x.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one feature (dim >= 1), got shape {tuple(x.shape)}")
+    checks.finite(name, x.detach())
+    if nonzero_rows:
+        zero = (x.detach() == 0).all(dim=-1)
+        if bool(zero.any()):
+            rows = zero.nonzero().flatten().tolist()
+            raise ValueError(
+                f"{name} has all-zero rows {rows[:8]}: cosine similarity (normalize=True) is undefined for them"
+            )
     return x
+
+
+def _check_pair(a: Tensor, b: Tensor, normalize: bool) -> None:
+    checks.boolean("normalize", normalize)
+    check_embeddings("a", a, nonzero_rows=normalize)
+    check_embeddings("b", b, nonzero_rows=normalize)
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.dtype != b.dtype or a.device != b.device:
+        raise TypeError(f"a and b must share dtype and device, got {a.dtype} on {a.device} and {b.dtype} on {b.device}")
+
+
+def _tau(temperature: float | Tensor, like: Tensor) -> float | Tensor:
+    """Checked temperature; a tensor is moved to ``like``'s device (autograd follows)."""
+    tau = check_temperature(temperature)
+    return tau.to(like.device) if isinstance(tau, Tensor) else tau
 
 
 def _similarity(a: Tensor, b: Tensor, normalize: bool) -> Tensor:
@@ -70,11 +108,8 @@ def _similarity(a: Tensor, b: Tensor, normalize: bool) -> Tensor:
 # ---------------------------------------------------------------------------
 def _pair_logits(a: Tensor, b: Tensor, temperature: float | Tensor, normalize: bool) -> Tensor:
     """Checked ``(N, N)`` logits ``s(a_i, b_j) / tau`` shared by the InfoNCE variants."""
-    check_embeddings("a", a)
-    check_embeddings("b", b)
-    if a.shape != b.shape:
-        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    return _similarity(a, b, normalize) / check_temperature(temperature)
+    _check_pair(a, b, normalize)
+    return _similarity(a, b, normalize) / _tau(temperature, a)
 
 
 def info_nce(a: Tensor, b: Tensor, temperature: float | Tensor = 0.05, *, normalize: bool = True) -> Tensor:
@@ -109,7 +144,18 @@ def symmetric_info_nce(
 
 def simcse_targets(rows: int, device: torch.device | None = None) -> Tensor:
     """Index of each row's positive in the adjacent-pair layout: ``i XOR 1`` (0<->1, 2<->3, ...)."""
+    checks.positive_int("rows", rows)
+    if rows % 2:
+        raise ValueError(f"rows must be even (two views per sentence), got {rows}")
     return torch.arange(rows, device=device) ^ 1
+
+
+def _check_views(h: Any, normalize: bool) -> None:
+    """``h``: checked embeddings with an even number (>= 2) of rows, two views per sentence."""
+    checks.boolean("normalize", normalize)
+    check_embeddings("h", h, min_rows=2, nonzero_rows=normalize)
+    if h.shape[0] % 2:
+        raise ValueError(f"h must have an even number of rows (two views per sentence), got {h.shape[0]}")
 
 
 def simcse_loss(h: Tensor, temperature: float | Tensor = 0.05, *, normalize: bool = True) -> Tensor:
@@ -127,10 +173,8 @@ def simcse_loss(h: Tensor, temperature: float | Tensor = 0.05, *, normalize: boo
 
     Implements eq. ``ch07-simcse``.
     """
-    check_embeddings("h", h, min_rows=2)
-    if h.shape[0] % 2:
-        raise ValueError(f"h must have an even number of rows (two views per sentence), got {h.shape[0]}")
-    tau = check_temperature(temperature)
+    _check_views(h, normalize)
+    tau = _tau(temperature, h)
     rows = h.shape[0]
     eye = torch.eye(rows, dtype=torch.bool, device=h.device)
     logits = (_similarity(h, h, normalize) / tau).masked_fill(eye, float("-inf"))  # (2N, 2N)
@@ -139,7 +183,8 @@ def simcse_loss(h: Tensor, temperature: float | Tensor = 0.05, *, normalize: boo
 
 def info_nce_reference(a: Tensor, b: Tensor, temperature: float | Tensor = 0.05, *, normalize: bool = True) -> Tensor:
     """Formula-level :func:`info_nce`: a Python loop over rows with ``exp`` and ``log`` (slow; for tests)."""
-    tau = check_temperature(temperature)
+    _check_pair(a, b, normalize)
+    tau = _tau(temperature, a)
     if normalize:
         a, b = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
     total = a.new_zeros(())
@@ -151,7 +196,8 @@ def info_nce_reference(a: Tensor, b: Tensor, temperature: float | Tensor = 0.05,
 
 def simcse_loss_reference(h: Tensor, temperature: float | Tensor = 0.05, *, normalize: bool = True) -> Tensor:
     """Formula-level :func:`simcse_loss`: loops over rows ``i`` and candidates ``j != i`` (slow; for tests)."""
-    tau = check_temperature(temperature)
+    _check_views(h, normalize)
+    tau = _tau(temperature, h)
     if normalize:
         h = h / h.norm(dim=-1, keepdim=True)
     rows = h.shape[0]
@@ -181,8 +227,8 @@ def simcse_embedding_grad(h: Tensor, temperature: float | Tensor = 0.05) -> Tens
 
     Implements eq. ``ch07-htilde``.
     """
-    check_embeddings("h", h, min_rows=2)
-    tau = check_temperature(temperature)
+    _check_views(h, False)
+    tau = _tau(temperature, h)
     with torch.no_grad():
         p, t = _simcse_probabilities(h, tau)
         return (p + p.T - 2 * t) @ h / (h.shape[0] * tau)
@@ -195,8 +241,8 @@ def simcse_surrogate(h: Tensor, temperature: float | Tensor = 0.05) -> Tensor:
 
     Implements eq. ``ch07-surrogate``.
     """
-    check_embeddings("h", h, min_rows=2)
-    tau = check_temperature(temperature)
+    _check_views(h, False)
+    tau = _tau(temperature, h)
     with torch.no_grad():
         p, t = _simcse_probabilities(h, tau)
     rows = h.shape[0]
@@ -215,7 +261,9 @@ class LogitScale(nn.Module):
 
     def __init__(self, temperature: float = 0.05, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        check_temperature(temperature)
+        temperature = checks.positive_float("temperature", temperature)
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature), dtype=dtype))
 
     def temperature(self) -> Tensor:

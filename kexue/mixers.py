@@ -61,6 +61,8 @@ __all__ = [
 
 def complex_dtype_for(dtype: torch.dtype) -> torch.dtype:
     """complex128 for float64 input, complex64 otherwise (half precision is upcast)."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
@@ -104,8 +106,13 @@ def _masked_softmax(logits: torch.Tensor, allowed: torch.Tensor | None, dim: int
     return torch.softmax(logits, dim=dim)
 
 
-def _zero_padding(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    return x if mask is None else x * mask[..., None].to(x.dtype)
+def _finite_float(name: str, value: object) -> float:
+    """A finite real number (an initialisation scale): NaN or inf would fill the weights silently."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
 
 
 def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -159,36 +166,25 @@ class TokenMixer(nn.Module):
 
     # -- input validation ----------------------------------------------------
     def _prepare(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
-        if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise ValueError(f"x must have shape (batch, seq, {self.dim}), got {tuple(x.shape)}")
+        """Check ``x`` and ``mask`` (the shared contract :func:`kexue.checks.token_mask`).
+
+        Each mixer then zeroes the padded rows of whatever it mixes over tokens
+        with :func:`kexue.checks.zero_padding` (``masked_fill``, not a product
+        with the mask), so outputs at real tokens are exactly those of zero
+        padding even when the padding holds inf or NaN. Outputs at padded
+        positions carry no meaning; gMLP and AFT gate them with the padded
+        input itself (``readout(x, A V)`` takes ``x`` as given), so there they
+        are NaN when it is. :class:`kexue.nn.TransformerEncoder` zeroes the
+        padding of its input, so inside the encoder nothing non-finite enters.
+        """
+        checks.hidden_states("x", x, self.dim, module=self)
         batch, n, _ = x.shape
-        if n < 1:
-            raise ValueError("x must have at least one token (seq >= 1)")
         if self.fixed_length and n > self.seq_len:
             raise ValueError(
                 f"{type(self).__name__} was built for seq_len={self.seq_len}: its token-mixing weights "
                 f"are tied to positions, so it cannot take seq={n} > {self.seq_len}"
             )
-        if mask is None:
-            return x, None
-        if not isinstance(mask, torch.Tensor):
-            raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
-        if mask.shape != (batch, n):
-            raise ValueError(f"mask must have shape (batch, seq)=({batch}, {n}), got {tuple(mask.shape)}")
-        if mask.dtype != torch.bool:
-            if mask.is_floating_point() or mask.is_complex():
-                raise TypeError(f"mask must be bool or integer 0/1, got {mask.dtype}")
-            if ((mask != 0) & (mask != 1)).any():
-                raise ValueError("mask must contain only 0 and 1")
-            mask = mask.bool()
-        mask = mask.to(x.device)
-        if not bool(mask.any(dim=-1).all()):
-            raise ValueError("mask: every sequence needs at least one real (True) token")
-        return x, mask
+        return x, checks.token_mask("mask", mask, batch, n, x.device)
 
     # -- the O = A V view ------------------------------------------------------
     def _matrix(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -247,14 +243,15 @@ class SelfAttention(TokenMixer):
         config = TransformerConfig(dim=dim, heads=heads, max_len=seq_len, attention_dropout=dropout,
                                    position="none", attention_scale=scale)
         self.heads = heads
-        self.scale = scale if scale is not None else (dim // heads) ** -0.5
+        self.scale = checks.positive_float("scale", scale) if scale is not None else (dim // heads) ** -0.5
         self.attention = MultiHeadSelfAttention(config)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x, mask = self._prepare(x, mask)
         if not self.causal:
-            return self.attention(x, mask=mask)
+            return self.attention(x, mask=mask, checked=True)  # x and mask checked by _prepare
         att = self.attention
+        x = checks.zero_padding(x, mask)  # as in MultiHeadSelfAttention
         q, k, v = (_split_heads(lin(x), self.heads) for lin in (att.query, att.key, att.value))
         allowed = _allowed(mask, x.shape[1], True, x.device)
         bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(~allowed, _mask_fill_value(x.dtype))
@@ -263,12 +260,13 @@ class SelfAttention(TokenMixer):
         return att.output(_merge_heads(out))
 
     def _matrix(self, x, mask):
+        x = checks.zero_padding(x, mask)  # as forward (MultiHeadSelfAttention) does
         q = _split_heads(self.attention.query(x), self.heads)
         k = _split_heads(self.attention.key(x), self.heads)
         return _masked_softmax(q @ k.transpose(-1, -2) * self.scale, _allowed(mask, x.shape[1], self.causal, x.device))
 
     def _values(self, x, mask):
-        return _split_heads(self.attention.value(x), self.heads)
+        return _split_heads(self.attention.value(checks.zero_padding(x, mask)), self.heads)
 
     def readout(self, x, mixed):
         if mixed.dim() == 3:
@@ -295,7 +293,7 @@ class _Synthesizer(TokenMixer):
         self.output = nn.Linear(self.dim, self.dim)
 
     def _values(self, x, mask):
-        return _split_heads(self.value(x), self.heads)
+        return _split_heads(self.value(checks.zero_padding(x, mask)), self.heads)
 
     def readout(self, x, mixed):
         if mixed.dim() == 3:
@@ -320,6 +318,8 @@ class SynthesizerRandom(_Synthesizer):
     def __init__(self, dim: int, seq_len: int, *, heads: int = 1, trainable: bool = True,
                  init_std: float = 1.0, causal: bool = False) -> None:
         super().__init__(dim, seq_len, heads=heads, causal=causal)
+        checks.boolean("trainable", trainable)
+        init_std = _finite_float("init_std", init_std)
         self.logits = nn.Parameter(torch.randn(heads, seq_len, seq_len) * init_std, requires_grad=trainable)
         self._value_and_output()
 
@@ -360,6 +360,7 @@ class SynthesizerDense(_Synthesizer):
 
     def _matrix(self, x, mask):
         n = x.shape[1]
+        x = checks.zero_padding(x, mask)  # padded rows: finite (meaningless) logits, whatever they held
         logits = self.logit_layer(F.relu(self.hidden_layer(x)))  # (b, n, h*L)
         logits = logits.unflatten(-1, (self.heads, self.seq_len)).transpose(1, 2)[..., :n]  # (b, h, n, n)
         return _masked_softmax(logits, _allowed(mask, n, self.causal, x.device))
@@ -398,9 +399,7 @@ class MixerTokenMLP(TokenMixer):
         if activation not in ("gelu", "identity"):
             raise ValueError(f"activation must be 'gelu' or 'identity', got {activation!r}")
         if hidden is None:
-            if not expansion > 0:
-                raise ValueError(f"expansion must be > 0, got {expansion!r}")
-            hidden = max(1, int(expansion * dim))
+            hidden = max(1, int(checks.positive_float("expansion", expansion) * dim))
         self.hidden = checks.positive_int("hidden", hidden)
         self.activation = activation
         self.has_token_matrix = activation == "identity"  # instance-level override
@@ -415,7 +414,7 @@ class MixerTokenMLP(TokenMixer):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x, mask = self._prepare(x, mask)
         n = x.shape[1]
-        v = _zero_padding(x, mask)  # (b, n, d), read as n "channels" of length d
+        v = checks.zero_padding(x, mask)  # (b, n, d), read as n "channels" of length d
         # a width-1 convolution over the token axis is exactly W v + b (and the fastest kernel on CPU)
         h = self._act(F.conv1d(v, self.w1[:, :n, None], self.b1))  # (b, D_S, d)
         return F.conv1d(h, self.w2[:n, :, None], self.b2[:n])  # (b, n, d)
@@ -423,7 +422,7 @@ class MixerTokenMLP(TokenMixer):
     def forward_reference(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x, mask = self._prepare(x, mask)
         n = x.shape[1]
-        v = _zero_padding(x, mask)
+        v = checks.zero_padding(x, mask)
         h = self._act(torch.einsum("kj,bjc->bkc", self.w1[:, :n], v) + self.b1[:, None])  # (b, D_S, d)
         return torch.einsum("ik,bkc->bic", self.w2[:n], h) + self.b2[:n, None]
 
@@ -442,7 +441,7 @@ class MixerTokenMLP(TokenMixer):
 
     def _values(self, x, mask):
         self._check_linear()
-        return _zero_padding(x, mask)[:, None]
+        return checks.zero_padding(x, mask)[:, None]
 
     def readout(self, x, mixed):
         self._check_linear()
@@ -473,6 +472,7 @@ class ResMLPTokenMixing(TokenMixer):
     def __init__(self, dim: int, seq_len: int, *, init_values: float = 0.1, init_std: float = 0.02,
                  causal: bool = False) -> None:
         super().__init__(dim, seq_len, causal=causal)
+        init_values, init_std = _finite_float("init_values", init_values), _finite_float("init_std", init_std)
         self.alpha = nn.Parameter(torch.ones(dim))
         self.beta = nn.Parameter(torch.zeros(dim))
         self.weight = nn.Parameter(torch.randn(seq_len, seq_len) * init_std)
@@ -486,7 +486,7 @@ class ResMLPTokenMixing(TokenMixer):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x, mask = self._prepare(x, mask)
         n = x.shape[1]
-        v = _zero_padding(x * self.alpha + self.beta, mask)
+        v = checks.zero_padding(x * self.alpha + self.beta, mask)
         mixed = F.conv1d(v, self._weight(n)[..., None], self.bias[:n])  # A V + b 1^T over the token axis
         return mixed * self.gamma
 
@@ -495,7 +495,7 @@ class ResMLPTokenMixing(TokenMixer):
         return self._weight(n).to(x.dtype).expand(x.shape[0], 1, n, n)
 
     def _values(self, x, mask):
-        return _zero_padding(x * self.alpha + self.beta, mask)[:, None]
+        return checks.zero_padding(x * self.alpha + self.beta, mask)[:, None]
 
     def readout(self, x, mixed):
         mixed = _squeeze_heads(mixed)
@@ -526,6 +526,8 @@ class SpatialGatingUnit(TokenMixer):
                  layer_norm_eps: float = 1e-5, causal: bool = False) -> None:
         super().__init__(dim, seq_len, causal=causal)
         self.hidden = dim if hidden is None else checks.positive_int("hidden", hidden)
+        init_std = _finite_float("init_std", init_std)
+        checks.float_in("layer_norm_eps", layer_norm_eps, 0.0, float("inf"))
         self.proj_in = nn.Linear(dim, 2 * self.hidden)
         self.norm = nn.LayerNorm(self.hidden, eps=layer_norm_eps)
         self.weight = nn.Parameter(torch.randn(seq_len, seq_len) * init_std)
@@ -544,7 +546,7 @@ class SpatialGatingUnit(TokenMixer):
         x, mask = self._prepare(x, mask)
         n = x.shape[1]
         z1, z2 = self._halves(x)
-        v = _zero_padding(self.norm(z2), mask)
+        v = checks.zero_padding(self.norm(z2), mask)
         gate = F.conv1d(v, self._weight(n)[..., None], self.bias[:n])  # W LN(Z_2) + b 1^T
         return self.proj_out(z1 * gate)
 
@@ -553,7 +555,7 @@ class SpatialGatingUnit(TokenMixer):
         return self._weight(n).to(x.dtype).expand(x.shape[0], 1, n, n)
 
     def _values(self, x, mask):
-        return _zero_padding(self.norm(self._halves(x)[1]), mask)[:, None]
+        return checks.zero_padding(self.norm(self._halves(x)[1]), mask)[:, None]
 
     def readout(self, x, mixed):
         mixed = _squeeze_heads(mixed)
@@ -584,8 +586,10 @@ class FNetMixing(TokenMixer):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x, mask = self._prepare(x, mask)
+        if x.shape[0] == 0:  # the FFT backends refuse an empty batch
+            return torch.zeros_like(x)
         work = x if x.dtype in (torch.float32, torch.float64) else x.float()  # no half-precision FFT on CPU
-        return torch.fft.fft2(_zero_padding(work, mask), dim=(-2, -1)).real.to(x.dtype)
+        return torch.fft.fft2(checks.zero_padding(work, mask), dim=(-2, -1)).real.to(x.dtype)
 
     def _matrix(self, x, mask):
         n = x.shape[1]
@@ -593,7 +597,7 @@ class FNetMixing(TokenMixer):
 
     def _values(self, x, mask):
         cdt = complex_dtype_for(x.dtype)
-        return (_zero_padding(x, mask).to(cdt) @ dft_matrix(self.dim, dtype=cdt, device=x.device))[:, None]
+        return (checks.zero_padding(x, mask).to(cdt) @ dft_matrix(self.dim, dtype=cdt, device=x.device))[:, None]
 
     def readout(self, x, mixed):
         return _squeeze_heads(mixed).real.to(x.dtype)
@@ -625,8 +629,8 @@ class ExternalAttention(TokenMixer):
 
     def __init__(self, dim: int, seq_len: int, *, slots: int = 64, heads: int = 1,
                  normalisation: str = "double", eps: float = 1e-9, causal: bool = False) -> None:
-        if normalisation not in ("double", "row"):
-            raise ValueError(f"normalisation must be 'double' or 'row', got {normalisation!r}")
+        checks.boolean("causal", causal)
+        checks.choice("normalisation", normalisation, ("double", "row"))
         if causal and normalisation == "double":
             raise ValueError(
                 "ExternalAttention cannot be causal with normalisation='double': the softmax over "
@@ -635,6 +639,7 @@ class ExternalAttention(TokenMixer):
         super().__init__(dim, seq_len, causal=causal)
         checks.positive_int("slots", slots)
         checks.positive_int("heads", heads)
+        eps = checks.positive_float("eps", eps)
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         head_dim = dim // heads
@@ -652,7 +657,7 @@ class ExternalAttention(TokenMixer):
         allowed = None if mask is None else mask[:, None, :, None]  # padding tokens leave the token softmax
         attn = _masked_softmax(logits, allowed, dim=-2)  # over tokens
         if allowed is not None:
-            attn = attn * allowed.to(attn.dtype)
+            attn = attn.masked_fill(~allowed, 0.0)
         return attn / (self.eps + attn.sum(dim=-1, keepdim=True))  # then l1 over slots
 
     def slot_matrix(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -682,8 +687,9 @@ class ExternalAttention(TokenMixer):
         if self.normalisation == "row":
             alpha = logits.exp() / logits.exp().sum(-1, keepdim=True)
         else:
-            real = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device) if mask is None else mask.to(x.dtype)
-            e = (logits - logits.amax(dim=(-2, -1), keepdim=True)).exp() * real[:, None, :, None]
+            if mask is not None:  # padded tokens leave the sums (exp(-inf) = 0, whatever they hold)
+                logits = logits.masked_fill(~mask[:, None, :, None], float("-inf"))
+            e = (logits - logits.amax(dim=(-2, -1), keepdim=True)).exp()
             alpha_hat = e / e.sum(dim=-2, keepdim=True)
             alpha = alpha_hat / (self.eps + alpha_hat.sum(dim=-1, keepdim=True))
         out = torch.einsum("bhns,hsd->bnhd", alpha, self.memory_value.to(x.dtype))
@@ -720,7 +726,7 @@ class AFTSimple(TokenMixer):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x, mask = self._prepare(x, mask)
-        k, v = self.key_proj(x), self.value(x)
+        k, v = self.key_proj(x), self.value(checks.zero_padding(x, mask))
         if mask is not None:
             k = k.masked_fill(~mask[..., None], _mask_fill_value(k.dtype))
         if not self.causal:
@@ -739,7 +745,8 @@ class AFTSimple(TokenMixer):
         return _masked_softmax(k, _allowed(mask, n, self.causal, x.device))
 
     def _values(self, x, mask):
-        return self.value(x).transpose(1, 2)[..., None]  # (b, d, n, 1): one "head" of size 1 per channel
+        v = self.value(checks.zero_padding(x, mask))
+        return v.transpose(1, 2)[..., None]  # (b, d, n, 1): one "head" of size 1 per channel
 
     def readout(self, x, mixed):
         if mixed.dim() == 3:  # dim == 1 squeezed the channel axis

@@ -27,7 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kexue.attention import _ACTIVATIONS, MultiHeadSelfAttention, TransformerConfig, _check_mask
+from kexue.attention import (
+    _ACTIVATIONS,
+    MultiHeadSelfAttention,
+    TransformerConfig,
+    _check_inputs,
+    _check_positions,
+)
 from kexue import checks
 from kexue.mixers import MIXERS
 
@@ -78,12 +84,19 @@ class TransformerBlock(nn.Module):
 
     def _mix(self, x: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor | None) -> torch.Tensor:
         if isinstance(self.attention, MultiHeadSelfAttention):
-            return self.attention(x, mask=mask, positions=positions)
+            return self.attention(x, mask=mask, positions=positions, checked=True)
         return self.attention(x, mask=mask)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None, *,
+        checked: bool = False,
     ) -> torch.Tensor:
+        """``x`` ``(batch, seq, dim)``; ``mask`` per :func:`kexue.checks.token_mask`; ``positions`` for rotary.
+
+        ``checked=True`` skips the argument checks (the encoder makes them once per call).
+        """
+        if not checked:
+            mask, positions = _check_inputs(self, self.config, x, mask, positions)
         if self.config.norm == "post":
             x = self.attention_norm(x + self.dropout(self._mix(x, mask, positions)))
             return self.ffn_norm(x + self.dropout(self.ffn(x)))
@@ -98,6 +111,14 @@ class TransformerEncoder(nn.Module):
     with ``return_all=True`` it returns ``(hidden, all_hidden)`` where
     ``all_hidden`` lists the embedding output and every block's output
     (``depth + 1`` tensors, BERT's ``hidden_states``).
+
+    Inputs are checked once per call: ids inside ``[0, vocab_size)``, the mask
+    by the package's one contract :func:`kexue.checks.token_mask` (True = real
+    token; an additive 0/-inf mask is refused with the fix), positions by
+    shape. Padding never influences real tokens: padded rows of
+    ``inputs_embeds`` are zeroed (``masked_fill``) on entry and every attention
+    zeroes padded rows before its projections, so even inf or NaN there leaves
+    the real outputs and all gradients unchanged.
     """
 
     def __init__(self, config: TransformerConfig) -> None:
@@ -118,28 +139,50 @@ class TransformerEncoder(nn.Module):
         )
         self.apply(_init_weights)
 
-    def embed(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+    def _inputs(
+        self, input_ids: Any, inputs_embeds: Any
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, int, int, torch.device]:
+        """Checked ``input_ids`` or ``inputs_embeds`` with their batch, seq and device."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids (batch, seq) or inputs_embeds (batch, seq, dim)")
         if input_ids is not None:
-            if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
-                raise ValueError(
-                    f"input_ids must be an integer tensor of shape (batch, seq), got "
-                    f"{input_ids.dtype} {tuple(input_ids.shape)}"
-                )
+            checks.token_ids("input_ids", input_ids, self.config.vocab_size, dim=2)
+            if input_ids.dtype not in (torch.int64, torch.int32):  # what nn.Embedding takes
+                input_ids = input_ids.long()
+            batch, seq = input_ids.shape
+            device = input_ids.device
+            if seq < 1:
+                raise ValueError("input_ids must have at least one token (seq >= 1)")
+        else:
+            checks.hidden_states("inputs_embeds", inputs_embeds, self.config.dim, module=self)
+            batch, seq, _ = inputs_embeds.shape
+            device = inputs_embeds.device
+        if seq > self.config.max_len:
+            raise ValueError(f"sequence length {seq} exceeds max_len={self.config.max_len}")
+        return input_ids, inputs_embeds, batch, seq, device
+
+    def embed(
+        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token (or given) embeddings plus positions, normalised (post-LN) and dropped out.
+
+        With a ``mask`` (see :func:`kexue.checks.token_mask`), padded rows of
+        ``inputs_embeds`` are zeroed first, so inf/NaN there never reaches a real token.
+        """
+        input_ids, inputs_embeds, batch, seq, device = self._inputs(input_ids, inputs_embeds)
+        return self._embed(input_ids, inputs_embeds, checks.token_mask("mask", mask, batch, seq, device))
+
+    def _embed(
+        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        if input_ids is not None:
             x = self.token_embedding(input_ids)
         else:
             assert inputs_embeds is not None
-            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.dim:
-                raise ValueError(
-                    f"inputs_embeds must have shape (batch, seq, {self.config.dim}), got {tuple(inputs_embeds.shape)}"
-                )
-            x = inputs_embeds
-        seq = x.shape[1]
-        if seq > self.config.max_len:
-            raise ValueError(f"sequence length {seq} exceeds max_len={self.config.max_len}")
+            x = checks.zero_padding(inputs_embeds, mask)
         if self.position_embedding is not None:
-            x = x + self.position_embedding(torch.arange(seq, device=x.device))
+            x = x + self.position_embedding(torch.arange(x.shape[1], device=x.device))
         return self.embedding_dropout(self.embedding_norm(x))
 
     def forward(
@@ -151,11 +194,22 @@ class TransformerEncoder(nn.Module):
         positions: torch.Tensor | None = None,
         return_all: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        x = self.embed(input_ids, inputs_embeds)
-        mask = _check_mask(mask, x.shape[0], x.shape[1], x.device)
+        """Hidden states ``(batch, seq, dim)`` (and all layers' with ``return_all``).
+
+        ``mask`` follows :func:`kexue.checks.token_mask` (bool or 0/1 integers,
+        True = real token, every sequence with one real token at least); ``positions`` are
+        for ``position="rotary"`` (``(seq,)`` or ``(1 or batch, seq)``) and
+        ``"rotary2d"`` (``(seq, 2)`` or ``(1 or batch, seq, 2)``) only. An empty
+        batch gives an empty output.
+        """
+        checks.boolean("return_all", return_all)
+        input_ids, inputs_embeds, batch, seq, device = self._inputs(input_ids, inputs_embeds)
+        mask = checks.token_mask("mask", mask, batch, seq, device)
+        _check_positions(positions, self.config.position, batch, seq)
+        x = self._embed(input_ids, inputs_embeds, mask)
         hidden = [x]
         for block in self.blocks:
-            x = block(x, mask=mask, positions=positions)
+            x = block(x, mask=mask, positions=positions, checked=True)
             hidden.append(x)
         x = self.final_norm(x)
         if return_all:
@@ -198,6 +252,8 @@ def _init_weights(module: nn.Module) -> None:
 
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters (tied weights counted once)."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 

@@ -30,6 +30,7 @@ See: book chapter 03 (``03_rope_2d``).
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -55,9 +56,33 @@ LAYOUTS: tuple[str, ...] = ("pairs", "rotate_half", "block4")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _angle_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Angles are computed in at least float32 (float64 stays float64)."""
+#: dtype the angles ``m * theta_i`` are formed in. float32 cannot: at ``m ~ 1e6`` its spacing
+#: is 0.06, so the angle is off by up to ~0.03 rad and ``(R_m q).(R_n k)`` drifts from a
+#: function of ``m - n``. The table is ``(..., seq, dim/2)``, small next to ``x``.
+_ANGLE_DTYPE = torch.float64
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The rotation itself runs in at least float32 (float64 stays float64)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _angle_device(device: torch.device) -> torch.device:
+    """Where the float64 angle table is formed: MPS has no float64, so its table is formed on the CPU."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
+def _cos_sin(angles: torch.Tensor, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos`` and ``sin`` of the angle table, in ``dtype`` on ``device``.
+
+    Angles about to lose precision (float64 -> float32) are first reduced modulo
+    ``2 pi`` in float64, so the float32 cos/sin see an angle in ``[0, 2 pi)``
+    accurate to float32 resolution whatever the position.
+    """
+    if angles.dtype != dtype:
+        angles = torch.remainder(angles, 2 * math.pi)
+    angles = angles.to(device=device, dtype=dtype)
+    return angles.cos(), angles.sin()
 
 
 def _check_dim(dim: object, multiple: int, name: str = "dim") -> int:
@@ -117,7 +142,7 @@ def _as_positions(positions: object, device: torch.device, name: str = "position
             raise TypeError(f"{name} must be a tensor or array of numbers, got {type(positions).__name__}") from err
     if pos.dtype == torch.bool or pos.is_complex():
         raise TypeError(f"{name} must hold integer or real numbers, got {pos.dtype}")
-    return pos
+    return checks.finite(name, pos)
 
 
 def apply_rope(
@@ -132,8 +157,9 @@ def apply_rope(
         layout: ``"pairs"`` (the article's adjacent pairs) or ``"rotate_half"``.
 
     Returns:
-        A tensor of ``x``'s shape and dtype. Angles and products are formed in at
-        least float32; the result is cast back to ``x.dtype``.
+        A tensor of ``x``'s shape and dtype. Angles are formed in float64 (and
+        reduced modulo ``2 pi``), the rotation in at least float32; the result
+        is cast back to ``x.dtype``. Positions must be finite (``ValueError``).
     """
     x = _check_x(x, 2)
     checks.choice("layout", layout, LAYOUTS[:2])
@@ -142,10 +168,12 @@ def apply_rope(
         raise ValueError(
             f"positions must have shape (seq,) or (..., seq) with seq={x.shape[-2]}, got {tuple(pos.shape)}"
         )
-    adtype = _angle_dtype(x.dtype)
-    theta = rope_frequencies(x.shape[-1], base, dtype=adtype, device=x.device)
-    angles = pos.to(adtype)[..., None] * theta  # (..., seq, dim/2)
-    return _rotate(x.to(adtype), angles.cos(), angles.sin(), layout).to(x.dtype)
+    work = _angle_device(x.device)
+    theta = rope_frequencies(x.shape[-1], base, dtype=_ANGLE_DTYPE, device=work)
+    angles = pos.to(device=work, dtype=_ANGLE_DTYPE)[..., None] * theta  # (..., seq, dim/2)
+    cdtype = _compute_dtype(x.dtype)
+    cos, sin = _cos_sin(angles, cdtype, x.device)
+    return _rotate(x.to(cdtype), cos, sin, layout).to(x.dtype)
 
 
 def rope_angles_2d(
@@ -157,13 +185,28 @@ def rope_angles_2d(
     ``pairs``/``rotate_half``: ``[row * theta | col * theta]``; ``block4``:
     ``[row theta_0, col theta_0, row theta_1, col theta_1, ...]``, with
     ``theta_i = base ** (-2 i / (dim / 2))``.
+
+    The angles are formed in float64 and returned in ``dtype`` (a floating
+    dtype) on ``positions``' device. Note that float32 cannot hold a large angle
+    exactly (spacing 0.06 at 1e6): ask for ``dtype=torch.float64`` for large
+    positions; :func:`apply_rope_2d` does so internally.
     """
     _check_dim(dim, 4)
     checks.choice("layout", layout, LAYOUTS)
-    if positions.dim() == 0 or positions.shape[-1] != 2:
-        raise ValueError(f"positions must have shape (..., seq, 2) holding (row, col), got {tuple(positions.shape)}")
-    theta = rope_frequencies(dim // 2, base, dtype=dtype, device=positions.device)  # (dim/4,)
-    pos = positions.to(dtype)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    device = positions.device if isinstance(positions, torch.Tensor) else torch.device("cpu")
+    pos = _as_positions(positions, device)
+    if pos.dim() == 0 or pos.shape[-1] != 2:
+        raise ValueError(f"positions must have shape (..., seq, 2) holding (row, col), got {tuple(pos.shape)}")
+    return _angles_2d(pos, dim, base, layout).to(device=device, dtype=dtype)
+
+
+def _angles_2d(pos: torch.Tensor, dim: int, base: float, layout: str) -> torch.Tensor:
+    """Unchecked :func:`rope_angles_2d` in ``_ANGLE_DTYPE`` (on the CPU for MPS positions)."""
+    work = _angle_device(pos.device)
+    theta = rope_frequencies(dim // 2, base, dtype=_ANGLE_DTYPE, device=work)  # (dim/4,)
+    pos = pos.to(device=work, dtype=_ANGLE_DTYPE)
     rows, cols = pos[..., 0:1] * theta, pos[..., 1:2] * theta  # (..., seq, dim/4) each
     if layout == "block4":
         return torch.stack((rows, cols), dim=-1).flatten(-2)
@@ -188,7 +231,8 @@ def apply_rope_2d(
         layout: ``"pairs"`` (default), ``"rotate_half"`` or ``"block4"``.
 
     Returns:
-        ``x``'s shape and dtype; angles are formed in at least float32.
+        ``x``'s shape and dtype; angles are formed in float64 (reduced modulo
+        ``2 pi``), the rotation in at least float32. Positions must be finite.
     """
     x = _check_x(x, 4)
     checks.choice("layout", layout, LAYOUTS)
@@ -198,10 +242,11 @@ def apply_rope_2d(
             f"positions must have shape (..., seq, 2) with seq={x.shape[-2]} holding (row, col), "
             f"got {tuple(pos.shape)}"
         )
-    adtype = _angle_dtype(x.dtype)
-    angles = rope_angles_2d(pos, x.shape[-1], base, layout=layout, dtype=adtype)  # (..., seq, dim/2)
+    angles = _angles_2d(pos, x.shape[-1], base, layout)  # (..., seq, dim/2), float64
+    cdtype = _compute_dtype(x.dtype)
+    cos, sin = _cos_sin(angles, cdtype, x.device)
     inner = "rotate_half" if layout == "rotate_half" else "pairs"
-    return _rotate(x.to(adtype), angles.cos(), angles.sin(), inner).to(x.dtype)
+    return _rotate(x.to(cdtype), cos, sin, inner).to(x.dtype)
 
 
 def _matrix_position(
@@ -219,7 +264,7 @@ def _matrix_position(
             raise ValueError(f"position must be {expected}, got {position!r}") from err
     if not shape_ok(pos.shape) or pos.dtype == torch.bool or pos.is_complex():
         raise ValueError(f"position must be {expected}, got {position!r}")
-    return pos.to(dtype)
+    return checks.finite("position", pos.to(dtype))
 
 
 def rope_matrix(
@@ -239,9 +284,10 @@ def rope_matrix(
     _check_dim(dim, 2)
     checks.choice("layout", layout, LAYOUTS[:2])
     m = _matrix_position(position, dtype, device, lambda s: len(s) <= 1, "a real number or a 1-d tensor of them")
-    theta = rope_frequencies(dim, base, dtype=dtype, device=m.device)
-    angles = m[..., None] * theta  # (..., dim/2)
-    c, s = angles.cos(), angles.sin()
+    work = _angle_device(m.device)
+    theta = rope_frequencies(dim, base, dtype=_ANGLE_DTYPE, device=work)
+    angles = m.to(device=work, dtype=_ANGLE_DTYPE)[..., None] * theta  # (..., dim/2), differentiable in m
+    c, s = _cos_sin(angles, dtype, m.device)
     R = torch.zeros(*m.shape, dim, dim, dtype=dtype, device=m.device)
     even = torch.arange(0, dim, 2, device=m.device)
     R[..., even, even], R[..., even, even + 1] = c, -s  # plane i: [[cos, -sin], [sin, cos]]
@@ -284,8 +330,11 @@ def apply_rope_2d_reference(
     only to check :func:`apply_rope_2d`.
     """
     x = _check_x(x, 4)
+    positions = _as_positions(positions, x.device)
     if positions.shape != (x.shape[-2], 2):
         raise ValueError(f"positions must have shape (seq, 2)=({x.shape[-2]}, 2), got {tuple(positions.shape)}")
+    if x.shape[-2] == 0:
+        return x.clone()
     out = [
         x[..., s, :] @ rope_2d_matrix(positions[s], x.shape[-1], base, dtype=x.dtype, device=x.device, layout=layout).T
         for s in range(x.shape[-2])
@@ -325,6 +374,10 @@ def grid_positions(height: int, width: int, *, device: torch.device | None = Non
 
 def flat_positions(grid: torch.Tensor, width: int) -> torch.Tensor:
     """Flattened 1D index ``row * width + col`` of ``(..., 2)`` grid positions."""
+    checks.tensor("grid", grid)
+    if grid.dim() == 0 or grid.shape[-1] != 2:
+        raise ValueError(f"grid must have shape (..., 2) holding (row, col), got {tuple(grid.shape)}")
+    checks.positive_int("width", width)
     return grid[..., 0] * width + grid[..., 1]
 
 
@@ -340,8 +393,12 @@ def score_by_offset(
     """
     checks.choice("mode", mode, ("2d", "flat"))
     checks.positive_int("size", size)
-    if q.dim() != 2 or q.shape != k.shape:
-        raise ValueError(f"q and k must both have shape (heads, dim), got {tuple(q.shape)} and {tuple(k.shape)}")
+    checks.floating_tensor("q", q)
+    checks.floating_tensor("k", k)
+    if q.dim() != 2 or q.shape != k.shape or q.shape[0] == 0:
+        raise ValueError(
+            f"q and k must both have shape (heads >= 1, dim), got {tuple(q.shape)} and {tuple(k.shape)}"
+        )
     r = torch.arange(-(size - 1), size, device=q.device)
     offsets = torch.stack(torch.meshgrid(r, r, indexing="ij"), dim=-1).reshape(-1, 2)  # (n, 2)
     kk = k[:, None, :].expand(-1, len(offsets), -1)  # (h, n, d)

@@ -513,3 +513,106 @@ def test_bad_construction_raises():
         MIXERS["mixer"](4, 4, activation="relu")
     with pytest.raises(TypeError, match="causal must be a bool"):
         MIXERS["aft_simple"](4, 4, causal=1)
+
+
+# --------------------------------------------------------------------------- non-finite padding
+
+
+def _poisoned(x, mask):
+    """``x`` with inf, NaN and -inf in its padded positions, and ``x`` with zeros there."""
+    pad = ~mask
+    values = torch.tensor([float("inf"), float("nan"), float("-inf")], dtype=x.dtype)
+    bad = x.clone()
+    bad[pad] = values[torch.arange(int(pad.sum())) % 3][:, None].expand(-1, x.shape[-1])
+    return bad, x.masked_fill(pad[..., None], 0.0)
+
+
+def _leak(m, x, mask):
+    """Largest change at real tokens (forward and forward_reference) when the padding holds inf/NaN
+    instead of zeros; ``inf`` if a real output is not finite."""
+    bad, zero = _poisoned(x, mask)
+    ref = m(zero, mask)[mask]
+    worst = 0.0
+    for out in (m(bad, mask), m.forward_reference(bad, mask)):
+        d = (out[mask] - ref).abs()
+        worst = max(worst, d.max().item() if torch.isfinite(d).all() else float("inf"))
+    return worst
+
+
+def _multiplicative_zeroing(x, mask):
+    """The old, broken zeroing: ``x * mask`` turns a padded inf or NaN into NaN."""
+    return x if mask is None else x * mask.reshape(*mask.shape, *(1,) * (x.dim() - mask.dim())).to(x.dtype)
+
+
+@pytest.mark.parametrize("name,options", CASES, ids=CASE_IDS)
+def test_nonfinite_padding_never_reaches_real_tokens(name, options):
+    m = build(name, **options)
+    x, mask = _inputs()
+    assert _leak(m, x, mask) < 1e-10
+    if m.has_token_matrix:  # the O = A V view is as blind to the padding
+        bad, zero = _poisoned(x, mask)
+        a, v = m.token_matrix(bad, mask), m.values(bad, mask)
+        mixed = a @ (v if v.dim() == a.dim() else v[:, None])
+        torch.testing.assert_close(m.readout(bad, mixed)[mask], m(zero, mask)[mask], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "external_attention"])
+def test_nonfinite_padding_check_catches_multiplicative_zeroing(name, monkeypatch):
+    """The check above fails when padding is zeroed by multiplication (0 * inf = NaN).
+
+    External Attention is left out: its values are a learned memory and its padded
+    logits are replaced by masked_fill, so no zeroing is needed there at all.
+    """
+    m = build(name)
+    x, mask = _inputs()
+    monkeypatch.setattr(mixers.checks, "zero_padding", _multiplicative_zeroing)
+    assert _leak(m, x, mask) == float("inf")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mask_contract_refuses_float_and_additive_masks(name):
+    m = build(name)
+    x = torch.randn(2, 5, DIM, dtype=torch.float64)
+    additive = torch.zeros(2, 5)
+    additive[1, 3:] = -1e4  # Hugging Face's extended mask: 0 = real, -1e4 = padding
+    with pytest.raises(TypeError, match=r"additive attention mask.*mask == 0"):
+        m(x, additive)
+    with pytest.raises(ValueError, match="mask"):
+        m(x, (additive == 0).long() * -5)
+    with pytest.raises(TypeError, match="mask"):
+        m(x, torch.full((2, 5), 0.5))
+    with pytest.raises(TypeError, match=r"mask.bool\(\)"):
+        m(x, torch.ones(2, 5))
+    torch.testing.assert_close(m(x, additive == 0), m(x, (additive == 0).long()))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_batch_gives_empty_output(name):
+    m = build(name)
+    x = torch.randn(0, 5, DIM, dtype=torch.float64)
+    assert m(x).shape == (0, 5, DIM)
+    assert m(x, torch.ones(0, 5, dtype=torch.bool)).shape == (0, 5, DIM)
+
+
+def test_input_dtype_must_match_the_parameters():
+    m = build("gmlp")  # float64
+    with pytest.raises(TypeError, match=r"x is torch.float32 but the module's parameters are torch.float64"):
+        m(torch.randn(2, 5, DIM))
+    assert MIXERS["fnet"](DIM, SEQ_LEN)(torch.randn(2, 5, DIM, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: MIXERS["attention"](8, 4, scale=float("nan")), "scale"),
+        (lambda: MIXERS["synthesizer_random"](8, 4, init_std=float("inf")), "init_std"),
+        (lambda: MIXERS["synthesizer_random"](8, 4, trainable="no"), "trainable"),
+        (lambda: MIXERS["mixer"](8, 4, expansion=float("inf")), "expansion"),
+        (lambda: MIXERS["resmlp"](8, 4, init_values=float("nan")), "init_values"),
+        (lambda: MIXERS["gmlp"](8, 4, init_std=float("nan")), "init_std"),
+        (lambda: MIXERS["external_attention"](8, 4, eps=-1.0), "eps"),
+    ],
+)
+def test_non_finite_construction_parameters_raise(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()

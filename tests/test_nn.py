@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from kexue import checks
 from kexue.nn import MaskedLM, TransformerConfig, TransformerEncoder, count_parameters
 from kexue.utils import seed_everything
 
@@ -121,3 +122,149 @@ def test_bad_inputs_raise():
         encoder(torch.randint(1, 40, (1, 30)))
     with pytest.raises(ValueError, match="exactly one"):
         encoder()
+
+
+# --------------------------------------------------------------------------- reliability
+
+
+def _poison(x, mask):
+    """``x`` with inf, NaN and -inf in its padded positions (the real ones untouched)."""
+    bad = x.clone()
+    pad = ~mask
+    values = torch.tensor([float("inf"), float("nan"), float("-inf")], dtype=x.dtype)
+    bad[pad] = values[torch.arange(int(pad.sum())) % 3][:, None].expand(-1, x.shape[-1])
+    return bad
+
+
+def _encoder_leak(encoder, x, mask):
+    """Largest change of the real outputs and of the parameter gradients of a loss on the real
+    outputs, when the padding of ``inputs_embeds`` holds inf/NaN instead of zeros (inf if not finite)."""
+
+    def run(inputs):
+        encoder.zero_grad(set_to_none=True)
+        out = encoder(inputs_embeds=inputs, mask=mask)
+        out[mask].square().sum().backward()
+        return out[mask].detach(), [p.grad.clone() for p in encoder.parameters() if p.grad is not None]
+
+    ref, ref_grads = run(x.masked_fill(~mask[..., None], 0.0))
+    out, grads = run(_poison(x, mask))
+    worst = 0.0
+    for a, b in [(out, ref), *zip(grads, ref_grads)]:
+        d = (a - b).abs()
+        worst = max(worst, d.max().item() if torch.isfinite(d).all() else float("inf"))
+    return worst
+
+
+def _padded_embeds(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 9, 32, generator=g, dtype=torch.float64)
+    mask = torch.arange(9)[None, :] < torch.tensor([9, 5, 2])[:, None]
+    return x, mask
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("position", POSITIONS)
+def test_nonfinite_padding_never_reaches_real_tokens(norm, position):
+    seed_everything(8)
+    encoder = TransformerEncoder(small_config(norm=norm, position=position)).eval().double()
+    x, mask = _padded_embeds()
+    assert _encoder_leak(encoder, x, mask) < 1e-10
+
+
+def test_nonfinite_padding_check_catches_multiplicative_zeroing(monkeypatch):
+    """The check above fails when padding is zeroed by multiplication (0 * inf = NaN)."""
+    seed_everything(8)
+    encoder = TransformerEncoder(small_config()).eval().double()
+    x, mask = _padded_embeds()
+
+    def multiply(t, m):
+        return t if m is None else t * m.reshape(*m.shape, *(1,) * (t.dim() - m.dim())).to(t.dtype)
+
+    monkeypatch.setattr(checks, "zero_padding", multiply)
+    assert _encoder_leak(encoder, x, mask) == float("inf")
+
+
+def test_attention_ignores_nonfinite_padding():
+    seed_everything(9)
+    attention = TransformerEncoder(small_config(position="rotary")).double().eval().blocks[0].attention
+    x, mask = _padded_embeds()
+    out = attention(_poison(x, mask), mask)
+    assert torch.isfinite(out).all()  # the padded rows are zeroed before the projections
+    torch.testing.assert_close(out[mask], attention(x, mask)[mask], rtol=1e-12, atol=1e-12)
+
+
+def test_mask_contract():
+    seed_everything(10)
+    encoder = TransformerEncoder(small_config()).eval()
+    ids = torch.randint(1, 40, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    expected = encoder(ids, mask)
+    # a tokenizer's int64 attention_mask is the same mask
+    torch.testing.assert_close(encoder(ids, mask.long()), expected, rtol=0, atol=0)
+    # Hugging Face's additive mask (0 = real, -1e4 = padding) used to be cast to bool: now refused
+    additive = (~mask).float() * -1e4
+    with pytest.raises(TypeError, match=r"additive attention mask.*mask == 0"):
+        encoder(ids, additive)
+    torch.testing.assert_close(encoder(ids, additive == 0), expected, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="mask"):
+        encoder(ids, torch.full((2, 6), 0.5))
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        encoder(ids, torch.full((2, 6), 2))
+    with pytest.raises(ValueError, match="at least one real"):
+        encoder(ids, torch.zeros(2, 6, dtype=torch.bool))
+    with pytest.raises(TypeError, match="mask must be a torch.Tensor"):
+        encoder(ids, [[1] * 6] * 2)
+
+
+def test_token_ids_outside_the_vocabulary_raise():
+    encoder = TransformerEncoder(small_config())
+    for bad in (40, 1000, -1):
+        ids = torch.randint(1, 40, (2, 5))
+        ids[1, 3] = bad
+        with pytest.raises(ValueError, match=r"input_ids must hold token ids in \[0, vocab_size=40\)"):
+            encoder(ids)
+    with pytest.raises(TypeError, match="input_ids must be a torch.Tensor"):
+        encoder([[1, 2, 3]])
+    assert encoder(torch.randint(1, 40, (2, 5), dtype=torch.int16)).shape == (2, 5, 32)
+
+
+def test_positions_are_checked():
+    rotary = TransformerEncoder(small_config(position="rotary")).eval()
+    ids = torch.randint(1, 40, (2, 5))
+    with pytest.raises(ValueError, match="positions"):
+        rotary(ids, positions=torch.arange(4))
+    with pytest.raises(ValueError, match="positions"):
+        rotary(ids, positions=torch.arange(5).expand(3, 5))
+    with pytest.raises(ValueError, match="positions must be finite"):
+        rotary(ids, positions=torch.tensor([0.0, 1.0, float("nan"), 3.0, 4.0]))
+    torch.testing.assert_close(rotary(ids, positions=torch.arange(5)), rotary(ids))
+    learned = TransformerEncoder(small_config(position="learned"))
+    with pytest.raises(ValueError, match="positions are only used with position='rotary'"):
+        learned(ids, positions=torch.arange(5))
+
+
+def test_empty_batch_and_empty_sequence():
+    encoder = TransformerEncoder(small_config()).eval()
+    assert encoder(torch.zeros(0, 5, dtype=torch.long)).shape == (0, 5, 32)
+    assert encoder(torch.zeros(0, 5, dtype=torch.long), torch.zeros(0, 5, dtype=torch.bool)).shape == (0, 5, 32)
+    with pytest.raises(ValueError, match="at least one token"):
+        encoder(torch.zeros(2, 0, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(attention_scale=float("nan")), "attention_scale"),
+        (dict(attention_scale=-1.0), "attention_scale"),
+        (dict(rope_base=float("inf")), "rope_base"),
+        (dict(dropout=float("nan")), "dropout"),
+        (dict(layer_norm_eps=float("nan")), "layer_norm_eps"),
+        (dict(position="rotary", mixer="gmlp"), "mixer"),
+        (dict(pad_token_id=40), "pad_token_id"),
+        (dict(mixer_options=None), "mixer_options"),
+    ],
+)
+def test_bad_numeric_config_raises(overrides, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        small_config(**overrides)

@@ -366,5 +366,57 @@ def test_benchmark_variants_are_equivalent():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     variants = bench.make_variants(16, 16, torch.device("cpu"))
-    assert set(variants) == {"kexue", "rotary_embedding_torch", "elementwise_bound", "matrix"}
+    assert set(variants) == set(bench.VARIANTS) == {"kexue", "rotary_embedding_torch", "real_formula", "matrix"}
     assert bench.check_equivalence(variants, (2, 2, 16, 16), torch.device("cpu")) < 1e-5
+
+
+# ---------------------------------------------------------------------------
+# large positions: float64 angles
+# ---------------------------------------------------------------------------
+def _relative_gap(dim: int = 64) -> float:
+    """Largest ``|(R_m q).(R_n k) - (R_{m-n} q).(R_0 k)| / (|q||k|)`` in float32 at ``m ~ 1e6``."""
+    g = _gen(21)
+    q = torch.randn(4, 64, dim, generator=g)
+    k = torch.randn(4, 64, dim, generator=g)
+    m = 1_000_000 + torch.randint(0, 1000, (64,), generator=g)
+    n = m - torch.randint(0, 500, (64,), generator=g)
+    lhs = (apply_rope(q, m) * apply_rope(k, n)).sum(-1)
+    rhs = (apply_rope(q, m - n) * apply_rope(k, torch.zeros_like(n))).sum(-1)
+    return ((lhs - rhs).abs() / (q.norm(dim=-1) * k.norm(dim=-1))).max().item()
+
+
+def test_relative_property_holds_at_a_million_in_float32():
+    assert _relative_gap() < 1e-5  # float32 rounding of the rotation only (measured ~1e-7)
+
+
+def test_relative_property_check_catches_float32_angles(monkeypatch):
+    """The check above fails when the angles m * theta are formed in float32 (gap ~6e-3)."""
+    monkeypatch.setattr(rope, "_ANGLE_DTYPE", torch.float32)
+    assert _relative_gap() > 1e-4
+
+
+@pytest.mark.parametrize("layout", ["pairs", "rotate_half", "block4"])
+def test_2d_rope_at_large_positions_matches_float64(layout):
+    g = _gen(22)
+    x = torch.randn(3, 40, 16, dtype=torch.float64, generator=g)
+    pos = 500_000 + torch.randint(0, 10_000, (40, 2), generator=g)
+    out = apply_rope_2d(x.float(), pos, layout=layout)
+    torch.testing.assert_close(out.double(), apply_rope_2d(x, pos, layout=layout), rtol=1e-5, atol=1e-5)
+    angles = rope.rope_angles_2d(pos, 16, layout=layout, dtype=torch.float64)
+    theta = rope.rope_frequencies(8, dtype=torch.float64)
+    torch.testing.assert_close(angles[:, 0], pos[:, 0].double() * theta[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_positions_raise(bad):
+    x = torch.randn(2, 4, 8)
+    pos = torch.arange(4, dtype=torch.float32)
+    pos[2] = bad
+    with pytest.raises(ValueError, match="positions must be finite"):
+        apply_rope(x, pos)
+    with pytest.raises(ValueError, match="positions must be finite"):
+        apply_rope_2d(x, torch.stack([pos, pos], dim=-1))
+    with pytest.raises(ValueError, match="positions must be finite"):
+        rope.rope_angles_2d(torch.stack([pos, pos], dim=-1), 8)
+    with pytest.raises(ValueError, match="position must be finite"):
+        rope_matrix(bad, 8)
