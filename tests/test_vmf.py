@@ -376,3 +376,308 @@ def test_uniform_distribution() -> None:
     torch.testing.assert_close(u.entropy().item(), -u.log_prob(x[0]).item())
     np.testing.assert_allclose(u.entropy().item(), stats.uniform_direction(7).entropy() if hasattr(
         stats.uniform_direction(7), "entropy") else log_sphere_area(7))
+
+
+# ---------------------------------------------------------------- kappa -> 0: values and gradients
+def _mp_reference(d: int, kappa: float) -> dict[str, float]:
+    """A_d, A_d', KL, dKL/dkappa and log rho = log C + log|S| at kappa, by mpmath (50 digits)."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 50
+    v, k = mpmath.mpf(d) / 2 - 1, mpmath.mpf(kappa)
+    if k == 0:
+        a, da, log_rho = mpmath.mpf(0), 1 / mpmath.mpf(d), mpmath.mpf(0)
+    else:
+        a = mpmath.besseli(v + 1, k) / mpmath.besseli(v, k)
+        da = 1 - a * a - (d - 1) * a / k
+        log_rho = mpmath.log(mpmath.besseli(v, k)) - v * mpmath.log(k / 2) + mpmath.loggamma(v + 1)
+    return {"A": float(a), "dA": float(da), "KL": float(k * a - log_rho), "dKL": float(k * da),
+            "log_rho": float(log_rho)}
+
+
+@pytest.mark.parametrize("d", DIMS)
+@pytest.mark.parametrize("kappa", [0.0, 1e-8, 1e-4])
+@pytest.mark.parametrize("many", [False, True], ids=["scalar", "tensor"])
+def test_small_kappa_values_and_gradients_match_mpmath(d: int, kappa: float, many: bool) -> None:
+    # ``many`` takes the vectorised path (more elements than the Python-float fast path)
+    ref = _mp_reference(d, kappa)
+    k = torch.full((12,) if many else (), kappa, dtype=F64, requires_grad=True)
+    area = log_sphere_area(d)
+    got = {
+        "A": mean_resultant_length(k, d),
+        "KL": vmf_kl_uniform(k, d),
+        "H": vmf_entropy(k, d),
+        "C": log_vmf_normalizer(k, d),
+    }
+    want = {"A": ref["A"], "KL": ref["KL"], "H": area - ref["KL"], "C": -area - ref["log_rho"]}
+    slope = {"A": ref["dA"], "KL": ref["dKL"], "H": -ref["dKL"], "C": -ref["A"]}
+    for name, value in got.items():
+        (grad,) = torch.autograd.grad(value.sum(), k)
+        np.testing.assert_allclose(value.detach().numpy(), want[name], rtol=1e-12, atol=1e-300, err_msg=name)
+        np.testing.assert_allclose(grad.numpy(), slope[name], rtol=1e-12, atol=1e-300, err_msg=name)
+
+
+def test_small_kappa_float32_is_finite_with_the_right_slope() -> None:
+    k = torch.tensor([0.0, 1e-8, 1e-4], dtype=torch.float32, requires_grad=True)
+    for d in [2, 16, 1024]:
+        for f, slope0 in [(mean_resultant_length, 1.0 / d), (vmf_kl_uniform, 0.0), (vmf_entropy, 0.0)]:
+            out = f(k, d)
+            (g,) = torch.autograd.grad(out.sum(), k)
+            assert out.dtype == torch.float32 and torch.isfinite(out).all() and torch.isfinite(g).all()
+            assert abs(g[0].item() - slope0) < 1e-6, (f.__name__, d, g)
+
+
+def test_bessel_series_and_recurrence_agree_at_the_cut() -> None:
+    # the series is used below x = 2 sqrt(v+1), the Debye + recurrence above: both must agree there
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 40
+    for v in [0.0, 0.5, 7.0, 63.0, 511.0]:
+        cut = 2 * math.sqrt(v + 1)
+        x = torch.tensor([cut * (1 - 1e-9), cut, cut * (1 + 1e-9), 1e-3, 1e-300, 0.0], dtype=F64)
+        for name, got in [("log_iv", log_bessel_iv(v, x[:-1])), ("ratio", bessel_ratio(v, x))]:
+            xs = x if name == "ratio" else x[:-1]
+            if name == "log_iv":
+                ref = [float(mpmath.log(mpmath.besseli(v, mpmath.mpf(t)))) for t in xs.tolist()]
+            else:
+                ref = [float(mpmath.besseli(v + 1, mpmath.mpf(t)) / mpmath.besseli(v, mpmath.mpf(t)))
+                       if t > 0 else 0.0 for t in xs.tolist()]
+            np.testing.assert_allclose(got.numpy(), ref, rtol=1e-12, atol=0, err_msg=f"{name} v={v}")
+
+
+def test_log_bessel_iv_at_zero_is_the_limit() -> None:
+    x = torch.zeros(2, dtype=F64, requires_grad=True)
+    zero = log_bessel_iv(0.0, x)  # log I_0(0) = 0, slope R_0(0) = 0
+    (g,) = torch.autograd.grad(zero.sum(), x)
+    assert zero.tolist() == [0.0, 0.0] and g.tolist() == [0.0, 0.0]
+    assert log_bessel_iv(1.5, x.detach()).tolist() == [-math.inf, -math.inf]  # I_v(0) = 0 for v > 0
+    r = bessel_ratio(3.0, x)
+    (g,) = torch.autograd.grad(r.sum(), x)
+    assert r.tolist() == [0.0, 0.0]
+    torch.testing.assert_close(g, torch.full((2,), 1 / 8, dtype=F64))  # R_v'(0) = 1/(2v+2)
+
+
+def test_python_float_fast_path_matches_the_tensor_path() -> None:
+    from kexue.vmf import _bessel_parts_scalar, _bessel_parts_tensor
+
+    x = torch.tensor([0.0, 1e-9, 1e-3, 0.5, 1.99, 2.0, 2.01, 13.0, 300.0, 1e5], dtype=F64)
+    for v in [0.0, 0.5, 1.0, 7.0, 63.0, 99.5, 511.0]:
+        tensor = torch.stack(_bessel_parts_tensor(v, x), dim=-1)
+        scalar = torch.tensor([_bessel_parts_scalar(v, t) for t in x.tolist()], dtype=F64)
+        torch.testing.assert_close(scalar, tensor, rtol=1e-12, atol=0)  # libm vs torch rounding
+    # and the public functions give the same values and gradients whichever path they take
+    for d in [2, 5, 128]:
+        one = torch.tensor([3.0], dtype=F64, requires_grad=True)
+        many = torch.full((20,), 3.0, dtype=F64, requires_grad=True)
+        for f in (mean_resultant_length, vmf_kl_uniform, log_vmf_normalizer):
+            (g1,) = torch.autograd.grad(f(one, d).sum(), one)
+            (gm,) = torch.autograd.grad(f(many, d).sum(), many)
+            torch.testing.assert_close(f(one, d).expand(20), f(many, d), rtol=1e-12, atol=0)
+            torch.testing.assert_close(g1.expand(20), gm, rtol=1e-12, atol=0)
+
+
+def test_bessel_gradients_are_once_differentiable_not_silently_wrong() -> None:
+    k = torch.tensor(2.0, dtype=F64, requires_grad=True)
+    (g,) = torch.autograd.grad(vmf_kl_uniform(k, 4), k, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(g, k)
+
+
+# ---------------------------------------------------------------- loc's unit-norm check
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_unit_norm_check_refuses_norm_1_8_in_every_dtype(dtype: torch.dtype) -> None:
+    for d in [3, 16, 1024]:
+        mu = _unit(d, seed=d).to(dtype)  # rounded to dtype: accepted
+        VonMisesFisher(mu, 1.0)
+        low = torch.nn.functional.normalize(torch.randn(d, dtype=torch.float32), dim=0).to(dtype)
+        VonMisesFisher(low, 1.0)  # normalised in float32 then rounded
+        for bad in (1.8, 0.5, 1.1):
+            with pytest.raises(ValueError, match="unit-norm"):
+                VonMisesFisher((mu.double() * bad).to(dtype), 1.0)
+    # the replaced tolerance, 10 sqrt(eps), is the broken variant: 0.88 in bfloat16 let 1.8 through
+    from kexue.vmf import _unit_tolerance
+
+    old_tolerance = 10 * math.sqrt(torch.finfo(dtype).eps)
+    assert _unit_tolerance(dtype) <= 0.07  # a few units in the last place of dtype at most
+    if dtype == torch.bfloat16:
+        assert 1.8 - 1.0 < old_tolerance  # the old check accepted a norm of 1.8
+    with pytest.raises(ValueError, match="unit-norm"):
+        VonMisesFisher(torch.tensor([float("nan"), 0.0, 0.0], dtype=dtype), 1.0)
+
+
+# ---------------------------------------------------------------- concentration checks
+BAD_KAPPAS = [
+    (-1.0, ValueError), (float("nan"), ValueError), (float("inf"), ValueError), (True, TypeError),
+    ("1", TypeError), (torch.tensor(-0.5), ValueError), (torch.tensor([1.0, float("nan")]), ValueError),
+    (torch.tensor([1.0, float("inf")]), ValueError), (torch.tensor([2, 3]), TypeError),
+]
+
+
+@pytest.mark.parametrize("bad,error", BAD_KAPPAS)
+def test_every_entry_point_refuses_a_bad_concentration_by_name(bad: object, error: type) -> None:
+    mu = _unit(4)
+    calls = [
+        lambda: VonMisesFisher(mu, bad),
+        lambda: mean_resultant_length(bad, 4),
+        lambda: log_vmf_normalizer(bad, 4),
+        lambda: vmf_kl_uniform(bad, 4),
+        lambda: vmf_entropy(bad, 4),
+        lambda: sample_w_wood(bad, 4, (3,)),
+        lambda: w_log_density(torch.zeros(3, dtype=F64), bad, 4),
+    ]
+    if not torch.is_tensor(bad):
+        calls.append(lambda: sample_w_grid(3, bad, 4))
+    for call in calls:
+        with pytest.raises(error, match="concentration"):
+            call()
+
+
+def test_zero_and_numpy_concentrations_are_accepted() -> None:
+    mu = _unit(4)
+    torch.manual_seed(0)
+    z = VonMisesFisher(mu, 0.0).sample((20000,))
+    assert abs((z @ mu).mean().item()) < 5 / math.sqrt(4 * 20000)  # uniform: E[w] = 0, sd 1/sqrt(d)
+    assert vmf_kl_uniform(np.float32(0.0), 4).item() == 0.0
+    torch.testing.assert_close(mean_resultant_length(np.float64(2.0), 4), mean_resultant_length(2.0, 4))
+    assert sample_w_grid(10, 0.0, 4).shape == (10,)
+
+
+# ---------------------------------------------------------------- the grid sampler's limit
+def test_grid_sampler_refuses_kappa_it_cannot_resolve_and_states_the_limit() -> None:
+    from kexue.vmf import _grid_concentration_limit
+
+    limit = _grid_concentration_limit(4, 1e-5, "article")
+    assert 1e4 < limit < 1e5
+    with pytest.raises(ValueError, match=r"concentration=1e\+08 .* resolves concentration <= 3\.06e\+04"):
+        sample_w_grid(10, 1e8, 4)
+    with pytest.raises(ValueError, match="too large"):
+        VonMisesFisher(_unit(4), 1e8, w_sampler="grid").sample((3,))
+    # at the limit one standard deviation of w (Gamma approximation, exact as kappa grows) is 4 cells
+    a = mean_resultant_length(torch.tensor(limit, dtype=F64), 4).item()
+    sd = math.sqrt(1.5) / limit
+    assert abs((1 - a) - 1.5 / limit) < 1e-3 * (1.5 / limit) and abs(sd / 1e-5 - 4) < 1e-9
+    # the trapezoid rule tabulates theta, so it resolves kappa = 1e8 at this step: accurate there
+    n = 200_000
+    u = (torch.arange(n, dtype=F64) + 0.5) / n
+    w = sample_w_grid(0, 1e8, 4, rule="trapezoid", u=u)
+    one_minus_a = 1 - mean_resultant_length(torch.tensor(1e8, dtype=F64), 4).item()
+    assert abs((1 - w).mean().item() / one_minus_a - 1) < 0.01
+
+
+def test_grid_sampler_without_the_limit_is_badly_biased(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the broken variant the check prevents: at kappa = 1e8 the article grid piles w into its last cell
+    import kexue.vmf as vmf_module
+
+    monkeypatch.setattr(vmf_module, "_grid_concentration_limit", lambda *a, **k: math.inf)
+    u = (torch.arange(10_000, dtype=F64) + 0.5) / 10_000
+    w = sample_w_grid(0, 1e8, 4, u=u)
+    one_minus_a = 1 - mean_resultant_length(torch.tensor(1e8, dtype=F64), 4).item()
+    assert (1 - w).mean().item() > 100 * one_minus_a
+
+
+# ---------------------------------------------------------------- Wood's sampler: fast paths
+def _wood_accept_naive(w: float, u: float, kappa: float, d: int) -> bool:
+    """Wood (1994) step 2 as printed: accept if kappa w + (d-1) log(1 - x0 w) - c >= log u."""
+    b = (-2 * kappa + math.sqrt(4 * kappa**2 + (d - 1) ** 2)) / (d - 1)
+    x0 = (1 - b) / (1 + b)
+    c = kappa * x0 + (d - 1) * math.log(1 - x0**2)
+    return kappa * w + (d - 1) * math.log(1 - x0 * w) - c >= math.log(u)
+
+
+@pytest.mark.parametrize("d,kappa", [(2, 1.0), (4, 20.0), (16, 3.0), (128, 20.0)])
+def test_wood_acceptance_test_matches_the_printed_formula(d: int, kappa: float) -> None:
+    from kexue.vmf import _wood_proposals
+
+    gen_state = torch.get_rng_state()
+    w, omw, ok = _wood_proposals(torch.tensor(kappa, dtype=F64), d, 4000)
+    torch.set_rng_state(gen_state)  # replay the same gammas and uniforms
+    alpha = torch.full((8000,), (d - 1) / 2, dtype=F64)
+    torch._standard_gamma(alpha)
+    u = torch.rand(4000, dtype=F64)
+    naive = [_wood_accept_naive(wi, ui, kappa, d) for wi, ui in zip(w.tolist(), u.tolist())]
+    # identical decisions except where the two formulas differ by rounding at the boundary
+    assert sum(a != b for a, b in zip(naive, ok.tolist())) <= 1
+    assert 0.5 < ok.double().mean().item() <= 1.0
+    torch.testing.assert_close(omw, 1 - w, rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("d", [2, 4, 16, 128])
+def test_wood_shared_and_per_draw_paths_both_match_the_exact_cdf(d: int) -> None:
+    torch.manual_seed(7)
+    kappa = 5.0
+    shared, _ = sample_w_wood(torch.tensor(kappa, dtype=F64), d, (20000,))
+    per_draw, _ = sample_w_wood(torch.full((20000,), kappa, dtype=F64), d)
+    theta = np.linspace(np.pi, 0, 200001)
+    logf = kappa * np.cos(theta) + (d - 2) * np.log(np.maximum(np.sin(theta), 1e-300))
+    f = np.exp(logf - logf.max())
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (f[1:] + f[:-1]))])
+    cdf /= cdf[-1]
+    for w in (shared, per_draw):
+        assert stats.kstest(w.numpy(), lambda x: np.interp(x, np.cos(theta), cdf)).pvalue > 0.01
+    assert stats.ks_2samp(shared.numpy(), per_draw.numpy()).pvalue > 0.01
+
+
+def test_wood_per_draw_concentrations_each_get_their_own_law() -> None:
+    torch.manual_seed(8)
+    kappas = torch.tensor([0.0, 1.0, 50.0, 1e4], dtype=F64)
+    w, omw = sample_w_wood(kappas, 8, (5000,))
+    assert w.shape == (5000, 4) and torch.isfinite(w).all()
+    a = mean_resultant_length(kappas, 8)
+    var = torch.tensor([1 / 8, 0, 0, 0], dtype=F64)
+    var[1:] = 1 - a[1:] ** 2 - 7 * a[1:] / kappas[1:]
+    assert ((w.mean(0) - a).abs() < 5 * var.sqrt() / math.sqrt(5000)).all()
+    assert sample_w_wood(torch.tensor(3.0, dtype=F64), 8, (0,))[0].shape == (0,)
+
+
+# ---------------------------------------------------------------- placing w on the sphere: fast path
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("d", [2, 3, 16])
+@pytest.mark.parametrize("batched", [False, True])
+def test_in_place_householder_matches_the_out_of_place_formula(dtype: torch.dtype, d: int, batched: bool) -> None:
+    from kexue.vmf import _place_on_sphere
+
+    loc = _unit(d, seed=d, batch=(3,) if batched else ()).to(dtype)
+    loc[..., 0] = -loc[..., 0].abs()  # a negative first coordinate takes the other reflection
+    if batched:
+        loc[1] = torch.eye(d, dtype=dtype)[0]  # mu = e_1 exactly
+    shape = torch.Size((500, 3) if batched else (500,))
+    w, omw = sample_w_wood(torch.tensor(4.0, dtype=F64), d, shape)
+    torch.manual_seed(0)
+    fast = _place_on_sphere(w, omw, loc, shape)
+    torch.manual_seed(0)
+    ref = _place_on_sphere(w, omw, loc.clone().requires_grad_(), shape)  # the out-of-place path
+    assert ref.requires_grad and not fast.requires_grad
+    tol = {"rtol": 0, "atol": 1e-6 if dtype == torch.float32 else 1e-14}
+    torch.testing.assert_close(fast, ref.detach(), **tol)
+    torch.testing.assert_close(fast.norm(dim=-1), torch.ones(shape, dtype=dtype), **tol)
+    torch.testing.assert_close((fast * loc).sum(-1), w.to(dtype), **tol)  # <mu, z> = w
+
+
+def test_tangent_direction_is_isotropic_in_mus_complement() -> None:
+    torch.manual_seed(9)
+    d = 5
+    mu = _unit(d, seed=11)
+    z = VonMisesFisher(mu, 3.0).sample((100_000,))
+    t = z - (z @ mu)[:, None] * mu
+    t = t / t.norm(dim=-1, keepdim=True)
+    # uniform on the unit sphere of a (d-1)-dim subspace: E[t t^T] = (I - mu mu^T) / (d - 1)
+    expect = (torch.eye(d, dtype=F64) - torch.outer(mu, mu)) / (d - 1)
+    torch.testing.assert_close(t.T @ t / t.shape[0], expect, atol=6e-3, rtol=0)
+    torch.testing.assert_close(t.mean(0), torch.zeros(d, dtype=F64), atol=1e-2, rtol=0)
+
+
+# ---------------------------------------------------------------- log_prob fast path
+def test_log_prob_fast_path_matches_the_formula() -> None:
+    for dtype in (torch.float32, F64):
+        mu = _unit(16, seed=1).to(dtype)
+        x = _unit(16, seed=2, batch=(7, 5)).to(dtype)
+        kappa = 12.5
+        fast = VonMisesFisher(mu, kappa).log_prob(x)
+        ref = log_vmf_normalizer(torch.tensor(kappa, dtype=F64), 16) + kappa * (x.double() * mu.double()).sum(-1)
+        assert fast.dtype == dtype and fast.shape == (7, 5)
+        torch.testing.assert_close(fast, ref.to(dtype))
+        q = VonMisesFisher(mu, torch.tensor(kappa, dtype=dtype))  # a tensor kappa, same fast path
+        torch.testing.assert_close(q.log_prob(x), fast)
+        torch.testing.assert_close(q.log_prob(x.double()), ref.to(torch.promote_types(dtype, F64)))
+    # value that requires grad: the in-place update keeps the gradient kappa * mu
+    x = _unit(4, seed=3, batch=(3,)).requires_grad_()
+    (g,) = torch.autograd.grad(VonMisesFisher(_unit(4), 2.0).log_prob(x).sum(), x)
+    torch.testing.assert_close(g, 2.0 * _unit(4).expand(3, 4))
