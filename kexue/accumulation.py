@@ -49,7 +49,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from kexue import losses
+from kexue import checks, losses
 from kexue.losses import (  # noqa: F401  (re-exported: readers import them from here)
     LogitScale,
     info_nce,
@@ -89,24 +89,33 @@ class SentenceEncoder(nn.Module):
     """Token ids ``(batch, seq)`` -> one vector per sentence ``(batch, dim)``.
 
     The mask is ``input_ids != pad_token_id``; pooling is the mean over real tokens
-    (``"mean"``) or the first token (``"cls"``).
+    (``"mean"``) or the first token (``"cls"``). ``input_ids`` must be an integer
+    ``(batch, seq)`` tensor whose every row holds a real token (``ValueError``
+    otherwise: an all-padding row has no mean); the encoder checks the ids
+    against its vocabulary. Padded positions are removed with ``masked_fill``,
+    so whatever the encoder leaves there never reaches the pooled vector.
     """
 
     def __init__(self, encoder: nn.Module, pooling: str = "mean", pad_token_id: int = 0) -> None:
         super().__init__()
-        if pooling not in ("mean", "cls"):
-            raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        if not isinstance(encoder, nn.Module):
+            raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
         self.encoder = encoder
-        self.pooling = pooling
-        self.pad_token_id = pad_token_id
+        self.pooling = checks.choice("pooling", pooling, ("mean", "cls"))
+        self.pad_token_id = checks.nonnegative_int("pad_token_id", pad_token_id)
 
     def forward(self, input_ids: Tensor) -> Tensor:
-        mask = input_ids != self.pad_token_id  # (batch, seq)
+        checks.tensor("input_ids", input_ids)
+        if input_ids.dtype == torch.bool or input_ids.is_floating_point() or input_ids.is_complex():
+            raise ValueError(f"input_ids must be an integer tensor of token ids, got {input_ids.dtype}")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}")
+        mask = checks.token_mask("input_ids != pad_token_id", input_ids != self.pad_token_id, *input_ids.shape)
         hidden = self.encoder(input_ids, mask)  # (batch, seq, dim)
         if self.pooling == "cls":
             return hidden[:, 0]
-        weights = mask.to(hidden.dtype).unsqueeze(-1)  # (batch, seq, 1)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        count = mask.sum(1, keepdim=True).to(hidden.dtype)  # (batch, 1), >= 1
+        return checks.zero_padding(hidden, mask).sum(1) / count
 
 
 # ---------------------------------------------------------------------------
@@ -163,9 +172,8 @@ def check_no_batchnorm(encoder: nn.Module) -> None:
             )
 
 
-def _prepare(encoder: Any, inputs: Any, micro_batch_size: Any) -> tuple[tuple[Tensor, ...], int]:
-    if not isinstance(encoder, nn.Module):
-        raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
+def _check_inputs(inputs: Any) -> tuple[Tensor, ...]:
+    """``inputs`` as a non-empty tuple of tensors with one common, non-zero batch size."""
     if isinstance(inputs, Tensor):
         inputs = (inputs,)
     elif isinstance(inputs, (tuple, list)):
@@ -185,8 +193,21 @@ def _prepare(encoder: Any, inputs: Any, micro_batch_size: Any) -> tuple[tuple[Te
     lengths = [x.shape[0] for x in inputs]
     if len(set(lengths)) != 1:
         raise ValueError(f"all inputs must have the same batch size, got {lengths}")
+    return inputs
+
+
+def _prepare(
+    encoder: Any, inputs: Any, micro_batch_size: Any, loss_fn: Any, replay_rng: Any = True
+) -> tuple[tuple[Tensor, ...], int]:
+    if not isinstance(encoder, nn.Module):
+        raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable (loss_fn(*embeddings) -> scalar), got {type(loss_fn).__name__}")
+    checks.boolean("replay_rng", replay_rng)
+    inputs = _check_inputs(inputs)
+    lengths = [x.shape[0] for x in inputs]
     if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int):
-        raise TypeError(f"micro_batch_size must be an int, got {type(micro_batch_size).__name__}")
+        raise TypeError(f"micro_batch_size must be an int, got {type(micro_batch_size).__name__} {micro_batch_size!r}")
     if micro_batch_size < 1:
         raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
     if lengths[0] % micro_batch_size:
@@ -209,6 +230,11 @@ def _check_loss(loss: Any) -> Tensor:
     if not isinstance(loss, Tensor) or loss.numel() != 1 or not loss.is_floating_point():
         what = f"{loss.dtype} tensor of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
         raise ValueError(f"loss_fn must return a floating scalar tensor, got {what}")
+    if not loss.requires_grad:
+        raise ValueError(
+            "loss_fn returned a loss without a gradient: it must be computed from the embeddings it is given "
+            "(no .detach(), no torch.no_grad())"
+        )
     if not torch.isfinite(loss.detach()).all():
         raise ValueError(f"loss_fn returned a non-finite loss ({loss.item()})")
     return loss.reshape(())
@@ -311,7 +337,7 @@ def contrastive_backward(
 
     Implements eqs. ``ch07-chain`` and ``ch07-htilde``.
     """
-    inputs, _ = _prepare(encoder, inputs, micro_batch_size)
+    inputs, _ = _prepare(encoder, inputs, micro_batch_size, loss_fn, replay_rng)
     devices = _rng_devices(encoder, inputs)
     cached, states, live = _encode_no_grad(encoder, inputs, micro_batch_size, devices, keep_last=True)
     after_pass_1 = _RngState(devices)
@@ -340,8 +366,8 @@ def full_batch_backward(encoder: nn.Module, inputs: Inputs, loss_fn: LossFn, mic
     With ``micro_batch_size=None`` each input is encoded in one call (a plain full-batch step).
     All activations of the whole batch are alive at once.
     """
-    n = inputs.shape[0] if isinstance(inputs, Tensor) else (inputs[0].shape[0] if len(inputs) else 0)
-    inputs, _ = _prepare(encoder, inputs, n if micro_batch_size is None else micro_batch_size)
+    n = _check_inputs(inputs)[0].shape[0]
+    inputs, _ = _prepare(encoder, inputs, n if micro_batch_size is None else micro_batch_size, loss_fn)
     size = inputs[0].shape[0] if micro_batch_size is None else micro_batch_size
     with torch.enable_grad():
         embeddings = [
@@ -361,7 +387,7 @@ def naive_accumulation_backward(encoder: nn.Module, inputs: Inputs, loss_fn: Los
 
     The biased estimate of eq. ``ch07-naive-eq``.
     """
-    inputs, n_micro = _prepare(encoder, inputs, micro_batch_size)
+    inputs, n_micro = _prepare(encoder, inputs, micro_batch_size, loss_fn)
     total = 0.0
     with torch.enable_grad():
         for chunks in zip(*(x.split(micro_batch_size) for x in inputs)):
@@ -383,7 +409,7 @@ def openclip_style_backward(
     receives ``dL/d(scale)`` once per micro-batch: ``n`` times too much. open_clip does not
     replay the RNG (``replay_rng=False``), so it is exact only for deterministic encoders.
     """
-    inputs, _ = _prepare(encoder, inputs, micro_batch_size)
+    inputs, _ = _prepare(encoder, inputs, micro_batch_size, loss_fn, replay_rng)
     devices = _rng_devices(encoder, inputs)
     cached, states, _ = _encode_no_grad(encoder, inputs, micro_batch_size, devices)
     loss = None
@@ -465,7 +491,7 @@ def distributed_contrastive_backward(
             "encoder must be the plain module, not DistributedDataParallel: "
             "distributed_contrastive_backward reduces the gradients itself"
         )
-    inputs, _ = _prepare(encoder, inputs, micro_batch_size)
+    inputs, _ = _prepare(encoder, inputs, micro_batch_size, loss_fn, replay_rng)
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     rows = inputs[0].shape[0]
     # collective tensors live on the encoder's device (NCCL needs CUDA tensors, gloo takes CPU ones)
@@ -523,10 +549,12 @@ def rank_streams_reference_backward(
     """
     if len(shards) != len(seeds) or not shards:
         raise ValueError(f"shards and seeds must be non-empty and of equal length, got {len(shards)} and {len(seeds)}")
+    for r, seed in enumerate(seeds):
+        checks.nonnegative_int(f"seeds[{r}]", seed)
     per_rank = []
     with torch.enable_grad():
         for shard, seed in zip(shards, seeds):
-            shard_inputs, _ = _prepare(encoder, shard, micro_batch_size)
+            shard_inputs, _ = _prepare(encoder, shard, micro_batch_size, loss_fn)
             torch.manual_seed(seed)
             per_rank.append([torch.cat([encoder(c) for c in x.split(micro_batch_size)]) for x in shard_inputs])
         embeddings = [torch.cat(parts) for parts in zip(*per_rank)]
@@ -600,17 +628,31 @@ class SavedTensorMeter:
 
 def grad_vector(*modules: nn.Module) -> Tensor:
     """All parameter gradients of ``modules`` flattened into one vector (zeros where ``.grad`` is None)."""
+    for i, m in enumerate(modules):
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"modules[{i}] must be a torch.nn.Module, got {type(m).__name__}")
     parts = [
         (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
         for m in modules
         for p in m.parameters()
         if p.requires_grad
     ]
+    if not parts:
+        raise ValueError("modules have no trainable parameters (requires_grad=True): there is no gradient to collect")
     return torch.cat(parts)
 
 
 def relative_error(x: Tensor, reference: Tensor) -> float:
-    """``max|x - ref| / max|ref|`` (the chapter's "max relative gradient difference")."""
+    """``max|x - ref| / max|ref|`` (the chapter's "max relative gradient difference").
+
+    NaN or infinite entries raise ``ValueError`` (``max`` would hide a NaN).
+    """
+    checks.floating_tensor("x", x)
+    checks.floating_tensor("reference", reference)
     if x.shape != reference.shape:
         raise ValueError(f"x and reference must have the same shape, got {tuple(x.shape)} and {tuple(reference.shape)}")
+    if x.numel() == 0:
+        raise ValueError("x and reference are empty")
+    checks.finite("x", x)
+    checks.finite("reference", reference)
     return float((x - reference).abs().max() / reference.abs().max().clamp_min(torch.finfo(reference.dtype).tiny))

@@ -44,6 +44,7 @@ from typing import Iterable
 
 import torch
 
+from kexue import checks
 from kexue.spans import decode_bmes as _decode_bmes
 
 __all__ = [
@@ -508,8 +509,7 @@ def load_pretraining_corpus(
     """
     if isinstance(sources, str) or not all(s in CORPUS_SOURCES for s in sources):
         raise ValueError(f"sources must be a tuple drawn from {CORPUS_SOURCES}, got {sources!r}")
-    if not isinstance(min_chars, int) or min_chars < 1:
-        raise ValueError(f"min_chars must be a positive int, got {min_chars!r}")
+    checks.positive_int("min_chars", min_chars)
     return list(_pretraining_corpus(tuple(sources), min_chars))
 
 
@@ -594,8 +594,7 @@ def load_silver_nested(split: str, lexicon_split: str = "train", min_len: int = 
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if lexicon_split not in {"train", "test"}:
         raise ValueError(f"lexicon_split must be 'train' or 'test', got {lexicon_split!r}")
-    if not isinstance(min_len, int) or min_len < 1:
-        raise ValueError(f"min_len must be a positive int, got {min_len!r}")
+    checks.positive_int("min_len", min_len)
     return list(_silver_nested(split, lexicon_split, min_len))
 
 
@@ -632,6 +631,8 @@ def load_fashion_mnist(split: str = "train", root: str | Path | None = None) -> 
     """
     if split not in _FASHION_FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if root is not None and not isinstance(root, (str, Path)):
+        raise TypeError(f"root must be a str or pathlib.Path, got {type(root).__name__}")
     folder = Path(root) if root is not None else FASHION_MNIST_DIR
     paths = [folder / name for name in _FASHION_FILES[split]]
     for p in paths:

