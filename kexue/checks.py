@@ -197,13 +197,14 @@ def token_mask(
     means the same thing everywhere:
 
     * ``True`` (or ``1``) marks a **real** token, ``False`` (``0``) padding;
-    * accepted dtypes: bool, or an integer tensor holding only 0 and 1 (a
-      tokenizer's ``int64`` ``attention_mask``). A floating mask raises a
-      ``TypeError`` (floats are where the wrong conventions live), whose message
-      says how to convert it: ``mask.bool()`` for 0/1, ``mask == 0`` for an
-      *additive* mask (0 at real tokens, a large negative number or ``-inf`` at
-      padding, e.g. Hugging Face's extended attention mask); other values
-      (``0.5``, NaN) are named. An integer mask with values other than 0 and 1
+    * accepted: bool, or an integer or floating tensor holding only 0 and 1 (a
+      tokenizer's ``int64`` ``attention_mask``, or a 0/1 float mask). A floating
+      mask with any other value raises a ``TypeError`` whose message says how to
+      convert it: ``mask == 0`` for an *additive* mask (0 at real tokens, a large
+      negative number or ``-inf`` at padding, e.g. Hugging Face's extended
+      attention mask); other values (``0.5``, NaN) are named. An all-zero float
+      mask is refused as ambiguous (an additive mask without padding, or a 0/1
+      mask without a real token). An integer mask with values other than 0 and 1
       raises a ``ValueError`` (with the same hints); non-tensors a ``TypeError``;
     * the shape must be exactly ``(batch, seq)`` (``ValueError`` naming both);
     * every sequence must hold at least one real token unless
@@ -229,9 +230,18 @@ def token_mask(
     tensor(name, mask)
     if tuple(mask.shape) != (batch, seq):
         raise ValueError(f"{name} must have shape (batch, seq)=({batch}, {seq}), got {tuple(mask.shape)}")
-    if mask.is_floating_point() or mask.is_complex():
-        hint = _mask_hint(name, mask)
-        raise TypeError(f"{name} must be bool or integer 0/1 (1 = real token), got {mask.dtype}{hint}")
+    if mask.is_complex():
+        raise TypeError(f"{name} must be bool or integer 0/1 or float 0/1 (1 = real token), got {mask.dtype}")
+    if mask.is_floating_point():
+        ones_and_zeros = bool(((mask == 0) | (mask == 1)).all()) if mask.numel() else True
+        if not ones_and_zeros or (mask.numel() and not bool(mask.any())):
+            # an additive mask (0 / -1e4 / -inf), a fraction, NaN, or all zeros (ambiguous: an
+            # additive mask without padding, or a 0/1 mask without a real token)
+            hint = _mask_hint(name, mask)
+            raise TypeError(
+                f"{name} must be bool or integer 0/1 or float 0/1 (1 = real token), got {mask.dtype}{hint}"
+            )
+        mask = mask != 0
     if mask.dtype != torch.bool:
         if mask.numel() and not bool(((mask == 0) | (mask == 1)).all()):
             hint = _mask_hint(name, mask)

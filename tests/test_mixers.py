@@ -484,8 +484,9 @@ def test_bad_input_raises(name):
     x = torch.randn(2, 5, DIM, dtype=torch.float64)
     with pytest.raises(ValueError, match="mask must have shape"):
         m(x, torch.ones(2, 4, dtype=torch.bool))
+    torch.testing.assert_close(m(x, torch.ones(2, 5)), m(x, torch.ones(2, 5, dtype=torch.bool)))  # 0/1 float
     with pytest.raises(TypeError, match="mask must be bool or integer"):
-        m(x, torch.ones(2, 5))
+        m(x, torch.full((2, 5), 0.5))
     with pytest.raises(ValueError, match="only 0 and 1"):
         m(x, torch.full((2, 5), 2))
     empty = torch.ones(2, 5, dtype=torch.bool)
@@ -570,7 +571,7 @@ def test_nonfinite_padding_check_catches_multiplicative_zeroing(name, monkeypatc
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_mask_contract_refuses_float_and_additive_masks(name):
+def test_mask_contract_refuses_additive_and_fractional_masks(name):
     m = build(name)
     x = torch.randn(2, 5, DIM, dtype=torch.float64)
     additive = torch.zeros(2, 5)
@@ -581,9 +582,10 @@ def test_mask_contract_refuses_float_and_additive_masks(name):
         m(x, (additive == 0).long() * -5)
     with pytest.raises(TypeError, match="mask"):
         m(x, torch.full((2, 5), 0.5))
-    with pytest.raises(TypeError, match=r"mask.bool\(\)"):
-        m(x, torch.ones(2, 5))
+    with pytest.raises(TypeError, match=r"mask == 0"):
+        m(x, torch.zeros(2, 5))  # all zeros: an additive mask without padding, or no real token
     torch.testing.assert_close(m(x, additive == 0), m(x, (additive == 0).long()))
+    torch.testing.assert_close(m(x, additive == 0), m(x, (additive == 0).float()))  # a 0/1 float mask
 
 
 @pytest.mark.parametrize("name", NAMES)
