@@ -7,7 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from kexue.experiments.ch01_simcse import CONFIGS, SimCSEConfig, run, tfidf_spearman
+from kexue.experiments.ch01_simcse import (
+    CONFIGS, SimCSEConfig, head_drift, orthogonal_start, run, tfidf_spearman,
+)
 from kexue.experiments.records import RunResult
 from kexue.experiments.simcse_training import PooledEncoder, pair_rows, train_simcse
 from kexue.nn import MaskedLM, TransformerConfig
@@ -70,6 +72,37 @@ def test_pooled_encoder_matches_encode():
         torch.testing.assert_close(got, encode(model, tok, TEXTS[:5], pooling, max_len=24), atol=1e-5, rtol=1e-5)
 
 
+def test_orthogonal_start_is_the_frozen_heads_initial_weight():
+    """head_drift measures from orthogonal_start: it must be the draw train_simcse makes."""
+    tok = CharTokenizer.build(TEXTS, min_count=1)
+    model = tiny_model(tok)
+    res = train_simcse(model, tok, TEXTS, batch_size=16, lr=1e-12, steps=1, max_len=24, trainable="linear", seed=5)
+    assert res.head is not None
+    start = orthogonal_start(model.config.dim, seed=5)
+    torch.testing.assert_close(res.head.weight.detach(), start, atol=1e-9, rtol=0)
+    torch.testing.assert_close(start @ start.T, torch.eye(model.config.dim), atol=1e-5, rtol=0)
+    assert not torch.allclose(orthogonal_start(model.config.dim, seed=6), start)  # the check can fail
+    drift = head_drift(res.head.weight, start)
+    assert drift["moved"] < 1e-9 and abs(drift["sigma_min"] - 1) < 1e-5 and abs(drift["sigma_max"] - 1) < 1e-5
+
+
+def test_head_drift_separates_rotations_from_rescalings():
+    """A rotation moves the head but keeps every cosine (singular values 1); a rescaling of one
+    direction does not, and a head that never moved reads zero."""
+    start = orthogonal_start(8, seed=0)
+    same = head_drift(start.clone(), start)
+    assert same["moved"] == 0 and same["max_step"] == 0
+    rotation = orthogonal_start(8, seed=1) @ start
+    rotated = head_drift(rotation, start)
+    assert rotated["moved"] > 0.1 and abs(rotated["sigma_min"] - 1) < 1e-5 and abs(rotated["sigma_max"] - 1) < 1e-5
+    squash = start.clone()
+    squash[0] *= 0.1  # shrink one output direction, as whitening shrinks the dominant one
+    squashed = head_drift(squash, start)
+    assert squashed["sigma_min"] == pytest.approx(0.1, rel=1e-5) and squashed["sigma_max"] == pytest.approx(1, rel=1e-5)
+    with pytest.raises(ValueError, match="same shape"):
+        head_drift(start[:4], start)
+
+
 def test_tfidf_control():
     pairs = [("猫在睡觉", "猫在睡觉", 5.0), ("猫在睡觉", "狗在跑", 1.0), ("今天下雨", "今天下大雨", 4.0),
              ("我爱北京", "他去上海", 0.0), ("天气很好", "天气不错", 3.0)]
@@ -85,6 +118,14 @@ def test_config_is_frozen_and_validated():
         SimCSEConfig(sweep_pooling="max")
     with pytest.raises(ValueError, match="batch_size"):
         SimCSEConfig(sentences=10, batch_size=64)
+    with pytest.raises(ValueError, match="frozen_lr_factors"):
+        SimCSEConfig(frozen_lr_factors=(10.0,))
+    with pytest.raises(ValueError, match="frozen_lr_factors"):
+        SimCSEConfig(frozen_lr_factors=(1.0, -1.0))
+    # every profile trains the same shipped encoder: they differ in data and learning rate only
+    assert {(c.dropout, c.attention_dropout, c.max_len) for c in (CONFIGS[n] for n in ("smoke", "book", "full"))} == {
+        (0.3, 0.0, 64)
+    }
     assert CONFIGS["smoke"].sentences < CONFIGS["book"].sentences < CONFIGS["full"].sentences
 
 
@@ -106,7 +147,10 @@ def test_each_profile_takes_one_training_step(name):
 
 @pytest.mark.slow
 def test_run_returns_every_score():
-    cfg = dataclasses.replace(CONFIGS["smoke"], sentences=64, batch_size=32, dropout_sweep=(0.1, 0.3), max_len=24)
+    cfg = dataclasses.replace(
+        CONFIGS["smoke"], sentences=64, batch_size=32, dropout_sweep=(0.1, 0.3), max_len=24,
+        frozen_lr_factors=(1.0, 10.0),
+    )
     result = run(cfg, seed=0)
     assert isinstance(result, RunResult)
     for p in POOLINGS:
@@ -116,3 +160,40 @@ def test_run_returns_every_score():
     assert result.artifacts["sweep"][0.3] == result.metrics[f"simcse_{cfg.sweep_pooling}"]
     assert len(result.artifacts["losses"]["cls"]) == 2
     assert result.data["unlabelled"]["size"] == 64
+    heads = result.artifacts["frozen_heads"]
+    assert set(heads) == {cfg.lr, 10 * cfg.lr} and heads[cfg.lr]["spearman"] == result.metrics["frozen_linear"]
+    assert all(h["steps"] == 2 and h["moved"] > 0 for h in heads.values())
+    assert heads[10 * cfg.lr]["moved"] > heads[cfg.lr]["moved"]  # a larger lr moves the head further
+    assert result.metrics["frozen_linear_moved"] == heads[cfg.lr]["moved"]
+
+
+def _keeps_caller_flags(train) -> bool:
+    """Whether ``train(model, tok)`` leaves every ``requires_grad`` flag as the caller set it,
+    a frozen parameter's values untouched, and trains the rest."""
+    tok = CharTokenizer.build(TEXTS, min_count=1)
+    model = tiny_model(tok)
+    model.encoder.token_embedding.weight.requires_grad_(False)
+    for p in model.encoder.blocks[0].ffn.parameters():
+        p.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    frozen = [p.detach().clone() for p in model.parameters() if not p.requires_grad]
+    train(model, tok)
+    kept = [p.detach() for p in model.parameters() if not p.requires_grad]
+    return [p.requires_grad for p in model.parameters()] == flags and len(kept) == len(frozen) and all(
+        torch.equal(a, b) for a, b in zip(frozen, kept)
+    )
+
+
+@pytest.mark.parametrize("trainable", ["all", "linear"])
+def test_train_simcse_restores_the_callers_flags_and_the_check_can_fail(trainable):
+    def train(model, tok):
+        train_simcse(model, tok, TEXTS, batch_size=16, lr=1e-2, steps=2, max_len=24, trainable=trainable)
+
+    assert _keeps_caller_flags(train)
+
+    def unfreezing(model, tok):  # the old bug: the flags come back all True after the linear variant
+        train(model, tok)
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+    assert not _keeps_caller_flags(unfreezing)
