@@ -226,3 +226,22 @@ def test_every_chapter_module_has_the_same_surface(number):
     for cfg in module.CONFIGS.values():
         config_hash(cfg)  # every config is plain data
     assert len({config_hash(c) for c in module.CONFIGS.values()}) == 3, "profiles must differ"
+
+
+def test_a_session_past_its_time_budget_still_takes_one_step(tmp_path, monkeypatch):
+    """max_seconds=0 stops each session after one step, so repeated calls finish the run."""
+    import kexue.experiments.loop as loop_module
+
+    batch_at, loss_fn = _problem()
+    whole = fit(_model(), batch_at, loss_fn, steps=4, lr=0.01, seed=2, progress=False)
+    model, sessions = _model(), 0
+    while True:
+        hist = fit(model, batch_at, loss_fn, steps=4, lr=0.01, seed=2, max_seconds=0.0,
+                   checkpoint_dir=tmp_path, progress=False)
+        sessions += 1
+        if hist.last_step == 4:
+            break
+        model = _model()
+    assert sessions == 4 and hist.resumed_at == [1, 2, 3]
+    assert hist.losses == whole.losses
+    assert loop_module.fit is fit

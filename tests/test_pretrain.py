@@ -7,12 +7,14 @@ import json
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import kexue.experiments.loop as loop_module
 import kexue.experiments.pretrain as run_module
 from kexue.experiments.loop import lr_factor
 from kexue.experiments.pretrain import (
@@ -255,13 +257,17 @@ def test_sessions_of_save_every_minutes_match_one_session(tmp_path, sentences):
     """A run cut into many short sessions (each resumes from the loop's checkpoint) is bit-exact."""
     pretrain(_tiny(tmp_path / "a", steps=30), sentences, progress=False)
     run_module_min = run_module.MIN_SESSION_SECONDS
+    clock = iter(range(10**9))  # a fake clock: one second passes at every reading, whatever the machine
+    real_time = loop_module.time
     try:
         run_module.MIN_SESSION_SECONDS = 0.0
+        loop_module.time = types.SimpleNamespace(perf_counter=lambda: float(next(clock)))
         pretrain(_tiny(tmp_path / "b", steps=30, save_every_minutes=0.1 / 60), sentences, progress=False)
     finally:
         run_module.MIN_SESSION_SECONDS = run_module_min
+        loop_module.time = real_time
     state = torch.load(tmp_path / "b" / "checkpoint" / "loop_state.pt", weights_only=False)
-    assert state["history"]["resumed_at"], "the run should have been cut into sessions"
+    assert len(state["history"]["resumed_at"]) == 29, "one step per session: 29 resumes"
     wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)

@@ -160,7 +160,8 @@ def fit(
     every ``checkpoint_every`` steps and at the end, and a later call with the
     same arguments resumes from the saved step and finishes the run bit-for-bit
     as an uninterrupted one would. ``stop_at`` and ``max_seconds`` end a session
-    early (the checkpoint then lets the next call continue).
+    early (the checkpoint then lets the next call continue); a session always
+    takes at least one step, so repeated calls always make progress.
     """
     checks.positive_int("steps", steps)
     checks.nonnegative_int("warmup", warmup)
@@ -238,8 +239,8 @@ def fit(
     step = start
     try:
         while step < end:
-            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-                break
+            if max_seconds is not None and step > start and time.perf_counter() - t0 > max_seconds:
+                break  # every session takes at least one step, so a resumed run always progresses
             factor = lr_factor(step, steps, warmup, schedule, lr_floor)
             for group, peak in zip(optimizer.param_groups, peaks):
                 group["lr"] = peak * factor
