@@ -536,7 +536,9 @@ def sample_w_grid(
     """The article's sampler: invert the CDF of ``w`` tabulated on a grid (float64).
 
     ``rule="article"`` is the post's recipe: grid ``-1+step, ..., 1-step``,
-    left Riemann cumulative sum of ``exp(logf - max)``, linear interpolation.
+    cumulative sum of ``exp(logf - max)`` (entry ``i`` includes point ``i``, so it
+    estimates the CDF at ``x_i + step/2``), linear interpolation: every draw comes
+    out shifted by about ``-step/2``, and the end cells are missing.
     ``rule="trapezoid"`` integrates with the trapezoid rule from ``-1`` and
     handles the ``d = 2`` endpoint singularity with the substitution
     ``w = cos(theta)``. Inverts the CDF of eq. ch04-wdens.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -15,24 +16,23 @@ from kexue.experiments.ch04_vmf import (
     VAEData,
     active_units,
     elbo_loss,
+    iw_nll,
+    kl_monte_carlo,
     load_data,
+    log_importance_weights,
     make_optimizer,
+    mutual_information,
     run,
+    shuffled_reconstruction,
     train_vae,
 )
 from kexue.experiments.loop import fit
 from kexue.utils import seed_everything
-from kexue.vmf import vmf_kl_uniform
+from kexue.vmf import HypersphericalUniform, VonMisesFisher, vmf_kl_uniform
 
 PIXELS = {"digits": 64, "fashion_mnist": 784}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("latent", LATENTS)
@@ -148,11 +148,18 @@ def test_run_returns_the_chapter_metrics() -> None:
     result = run(cfg, seed=1, data=data, device="cpu", progress=False)
     m = result.metrics
     for latent in LATENTS:
-        keys = {f"{latent}_{k}" for k in ("test_nll", "test_nll_epoch1", "test_kl", "active_units")}
-        assert keys <= set(m)
+        names = ("test_recon", "test_recon_epoch1", "test_recon_min", "test_recon_min_epoch", "test_kl",
+                 "active_units", "kl_mc", "kl_mc_se", "iw_nll", "neg_elbo", "mutual_info", "mutual_info_se",
+                 "recon_own_z", "recon_shuffled_z")
+        assert {f"{latent}_{k}" for k in names} <= set(m)
         r = result.artifacts["runs"][latent]
         assert len(r["nll"]) == len(r["kl"]) == len(r["au"]) == len(r["train_loss"]) == cfg.epochs
-        assert m[f"{latent}_test_nll"] == r["nll"][-1]
+        assert m[f"{latent}_test_recon"] == r["nll"][-1]
+        assert m[f"{latent}_test_recon_min"] == min(r["nll"])
+        assert r["nll"][int(m[f"{latent}_test_recon_min_epoch"]) - 1] == min(r["nll"])
+        assert abs(m[f"{latent}_kl_mc"] - m[f"{latent}_test_kl"]) < 5 * m[f"{latent}_kl_mc_se"]
+        assert m[f"{latent}_iw_nll"] <= m[f"{latent}_neg_elbo"] + 0.5
+        assert 0 <= m[f"{latent}_mutual_info"] <= math.log(64) + 1e-6
     kl_const = vmf_kl_uniform(cfg.kappa, cfg.dim).item()
     assert m["vmf_kl_constant"] == pytest.approx(kl_const)
     assert result.artifacts["runs"]["vmf"]["kl"] == pytest.approx([kl_const] * cfg.epochs, rel=1e-6)
@@ -166,3 +173,115 @@ def test_run_returns_the_chapter_metrics() -> None:
 def test_fashion_mnist_missing_names_the_package(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         load_fashion_mnist("train", root=tmp_path)
+
+
+# ---------------------------------------------------------------- the evaluation checks
+def _trained_enough(latent: str, seed: int = 0, steps: int = 20) -> tuple[VAE, torch.Tensor]:
+    """A small model of the smoke setting (a few steps, so its codes differ across images)."""
+    seed_everything(seed)
+    cfg = dataclasses.replace(CONFIGS["smoke"], latent=latent, decoder_hidden=64)
+    data = load_data(cfg)
+    model = VAE(64, cfg)
+    x = data.x_train[:512]
+    fit(model, lambda step: x[128 * (step % 4) : 128 * (step % 4 + 1)], elbo_loss, steps=steps,
+        optimizer=make_optimizer(model), schedule="constant", progress=False)
+    return model.eval(), data.x_test[:100]
+
+
+@pytest.mark.parametrize("latent", LATENTS)
+def test_kl_monte_carlo_agrees_with_the_reported_kl(latent: str) -> None:
+    model, x = _trained_enough(latent)
+    check = kl_monte_carlo(model, x, samples=200)
+    assert check.agrees(), check
+    q = model.posterior(x)
+    reference = torch.distributions.kl_divergence(q, model.prior()).double().mean().item()
+    assert check.reported == pytest.approx(reference, rel=1e-5)
+    assert 0 < check.se < 0.05
+
+
+def test_kl_monte_carlo_fails_when_the_model_reports_the_wrong_constant() -> None:
+    model, x = _trained_enough("vmf")
+    cfg = model.cfg
+    # the s-vae-pytorch slip: the KL of the next dimension up
+    model.vmf_kl = vmf_kl_uniform(cfg.kappa, cfg.dim + 1).item()
+    check = kl_monte_carlo(model, x, samples=200)
+    assert not check.agrees(), check
+    # the circular check the chapter used to make cannot see it: the curve is still a constant
+    nll, kl = model(x)
+    assert torch.allclose(kl, torch.full_like(kl, model.vmf_kl))
+
+
+def test_kl_monte_carlo_fails_when_log_prob_is_off_by_a_constant(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = _trained_enough("vmf")
+    good = VonMisesFisher.log_prob
+    monkeypatch.setattr(VonMisesFisher, "log_prob", lambda self, value: good(self, value) + 0.1)
+    check = kl_monte_carlo(model, x, samples=200)
+    assert not check.agrees(), check
+
+
+def test_kl_monte_carlo_fails_when_the_sampler_uses_another_concentration(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = _trained_enough("vmf")
+    good = VAE.posterior
+
+    def posterior(self: VAE, xb: torch.Tensor) -> VonMisesFisher:
+        q = good(self, xb)
+        wrong = VonMisesFisher(q.loc, 0.8 * self.cfg.kappa)
+        q.sample = wrong.sample  # draws at 0.8 kappa, scored at kappa
+        return q
+
+    monkeypatch.setattr(VAE, "posterior", posterior)
+    assert not kl_monte_carlo(model, x, samples=200).agrees()
+
+
+def test_mutual_information_is_zero_for_a_constant_encoder_and_capped_by_the_kl() -> None:
+    torch.manual_seed(0)
+    d, kappa, n = 3, 20.0, 64
+    mu = torch.nn.functional.normalize(torch.randn(d), dim=0)
+    constant = VonMisesFisher(mu.expand(n, d), kappa)
+    # the same KL as any vMF posterior of this kappa, and no information
+    kl = torch.distributions.kl_divergence(constant, HypersphericalUniform(d))
+    torch.testing.assert_close(kl, torch.full((n,), vmf_kl_uniform(kappa, d).item()))
+    none = mutual_information(constant, samples=20)
+    assert abs(none.value) < 1e-5 and none.se < 1e-5
+    spread = VonMisesFisher(torch.nn.functional.normalize(torch.randn(n, d), dim=-1), kappa)
+    mi = mutual_information(spread, samples=200)
+    assert 0.5 < mi.value < min(math.log(n), vmf_kl_uniform(kappa, d).item()) - 4 * mi.se, mi
+    far = VonMisesFisher(torch.eye(d)[torch.arange(n) % d], 1e4)  # three far-apart codes: I = log 3
+    assert abs(mutual_information(far, samples=20).value - math.log(d)) < 1e-3
+
+
+def test_shuffled_codes_make_no_difference_to_a_decoder_that_ignores_z() -> None:
+    model, x = _trained_enough("vmf", steps=200)
+    own, shuffled = shuffled_reconstruction(model, x, torch.Generator().manual_seed(0))
+    assert shuffled.mean() > own.mean() + 1.0, "the trained decoder uses its code"
+    with torch.no_grad():
+        for lin in [*model.decoder.cond, model.decoder.out_cond]:
+            lin.weight.zero_()
+    own, shuffled = shuffled_reconstruction(model, x, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(own, shuffled)
+
+
+def test_iw_bound_is_the_exact_nll_when_the_posterior_is_the_prior() -> None:
+    # encoder output 0 (q = N(0, I) = p(z)) and a decoder that ignores z: every weight is p(x)
+    model, x = _trained_enough("gauss")
+    with torch.no_grad():
+        model.encoder[-1].weight.zero_()
+        model.encoder[-1].bias.zero_()
+        for lin in [*model.decoder.cond, model.decoder.out_cond]:
+            lin.weight.zero_()
+        exact = model.reconstruction(x, torch.zeros(x.shape[0], model.cfg.dim)).double()
+    log_w = log_importance_weights(model, x, 7, max_rows=150)  # several chunks
+    assert log_w.shape == (7, x.shape[0])
+    for k in (1, 3, 7):
+        torch.testing.assert_close(iw_nll(log_w, k), exact, rtol=1e-6, atol=1e-4)
+    with pytest.raises(ValueError, match="exceeds"):
+        iw_nll(log_w, 8)
+
+
+def test_iw_bound_tightens_with_k_on_a_trained_model() -> None:
+    model, x = _trained_enough("vmf")
+    seed_everything(1)
+    log_w = log_importance_weights(model, x, 200)
+    one, many = iw_nll(log_w, 1).mean().item(), iw_nll(log_w).mean().item()
+    assert many < one, (one, many)
+    torch.testing.assert_close(iw_nll(log_w, 1), -log_w[0])

@@ -28,13 +28,6 @@ from kexue.vmf import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensor ops are ~1000x slower with 2 intra-op threads on the shared CI CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 DIMS = [2, 3, 4, 16, 128, 1024]
 KAPPAS = [1e-4, 1e-2, 1.0, 20.0, 1000.0, 1e5]
 
@@ -277,9 +270,60 @@ def test_grid_sampler_bias_shrinks_and_trapezoid_is_better() -> None:
     g.manual_seed(0)
     fine = sample_w_grid(200000, kappa, d, step=1e-5, rule="article", generator=g).mean().item()
     se = math.sqrt(1 - a * a - (d - 1) * a / kappa) / math.sqrt(200000)
-    assert coarse < a - 10 * se  # left Riemann sum shifts the CDF by one cell: w biased low
+    assert coarse < a - 10 * se  # the article's cumulative sum shifts every draw by about -step/2
     assert abs(fine - a) < 5 * se
     assert abs(trap - a) < 5 * se
+
+
+@pytest.mark.parametrize("d,kappa", [(16, 10.0), (64, 100.0), (8, 3.0)])
+def test_article_grid_shifts_draws_by_minus_half_a_step(d: int, kappa: float) -> None:
+    # the cumulative sum includes the current point: it estimates F(x_i + h/2), so the inverse
+    # returns F^{-1}(u) - h/2 whatever the density (its end cells are negligible for d >= 8)
+    n = 400_000
+    u = (torch.arange(n, dtype=F64) + 0.5) / n
+    a = mean_resultant_length(torch.tensor(kappa, dtype=F64), d).item()
+    for h in (1e-2, 1e-3):
+        bias = sample_w_grid(0, kappa, d, step=h, u=u).mean().item() - a
+        assert abs(bias / (-h / 2) - 1) < 5e-3, (h, bias)
+        # a variant that includes only the points strictly before x_i is shifted the other way
+        x = torch.arange(-1.0 + h, 1.0, h, dtype=F64)
+        y = kappa * x + 0.5 * (d - 3) * torch.log1p(-x * x)
+        f = torch.exp(y - y.max())
+        left = torch.cumsum(f, 0) - f
+        w = np.interp(u.numpy(), (left / left[-1]).numpy(), x.numpy())
+        assert abs((w.mean() - a) / (h / 2) - 1) < 5e-3
+
+
+def test_article_grid_at_d3_adds_the_missing_end_cells() -> None:
+    # d = 3: f(w) = kappa e^{kappa w} / (2 sinh kappa) is finite at +-1, so the dropped end cells add
+    # -(h/2) [f(1)(1 - A) - f(-1)(1 + A)] to the -h/2 shift
+    kappa, h, n = 1.0, 1e-3, 1_000_000
+    u = (torch.arange(n, dtype=F64) + 0.5) / n
+    a = mean_resultant_length(torch.tensor(kappa, dtype=F64), 3).item()
+    f_top, f_bottom = (kappa * math.exp(kappa * w) / (2 * math.sinh(kappa)) for w in (1.0, -1.0))
+    predicted = -(h / 2) * (1 + f_top * (1 - a) - f_bottom * (1 + a))
+    bias = sample_w_grid(0, kappa, 3, step=h, u=u).mean().item() - a
+    assert abs(bias / predicted - 1) < 5e-3 and abs(bias / (-h / 2) - 1) > 0.5
+
+
+# ---------------------------------------------------------------- SciPy's logpdf where ive underflows
+def _mp_log_normalizer(d: int, kappa: float) -> float:
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 50
+    v, k = mpmath.mpf(d) / 2 - 1, mpmath.mpf(kappa)
+    return float(v * mpmath.log(k) - d * mpmath.log(2 * mpmath.pi) / 2 - mpmath.log(mpmath.besseli(v, k)))
+
+
+@pytest.mark.parametrize("d,kappa", [(1024, 20.0), (1024, 100.0), (512, 1.0), (256, 0.1), (128, 1e-4)])
+def test_log_prob_matches_mpmath_where_scipy_logpdf_is_infinite(d: int, kappa: float) -> None:
+    mu, x = np.eye(d)[0], np.eye(d)[1]
+    assert special.ive(d / 2 - 1, kappa) == 0.0  # where SciPy's log normaliser breaks
+    with np.errstate(all="ignore"):
+        assert stats.vonmises_fisher(mu, kappa).logpdf(x) == np.inf
+    ref = _mp_log_normalizer(d, kappa)
+    got = VonMisesFisher(torch.tensor(mu), kappa).log_prob(torch.tensor(x)).item()
+    assert abs(got - ref) <= 1e-12 * abs(ref)
+    torch.testing.assert_close(log_vmf_normalizer(kappa, d), torch.tensor(ref, dtype=F64), rtol=1e-12, atol=0)
 
 
 # ---------------------------------------------------------------- gradients
@@ -597,6 +641,24 @@ def test_wood_acceptance_test_matches_the_printed_formula(d: int, kappa: float) 
     assert sum(a != b for a, b in zip(naive, ok.tolist())) <= 1
     assert 0.5 < ok.double().mean().item() <= 1.0
     torch.testing.assert_close(omw, 1 - w, rtol=1e-9, atol=1e-15)
+
+
+def test_wood_shared_sampler_needs_at_most_two_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the first round is sized for all draws at rate 1, the second by the acceptance rate seen
+    import kexue.vmf as vmf_module
+
+    calls = []
+    proposals = vmf_module._wood_proposals
+    monkeypatch.setattr(vmf_module, "_wood_proposals", lambda *a: calls.append(1) or proposals(*a))
+    torch.manual_seed(11)
+    rounds = []
+    for d in (2, 16, 1024):
+        for kappa in (1e-4, 1.0, 20.0, 1e3, 1e5):
+            for n in (1, 10, 1000, 100_000):
+                calls.clear()
+                sample_w_wood(torch.tensor(kappa, dtype=F64), d, (n,))
+                rounds.append(len(calls))
+    assert max(rounds) <= 2 and min(rounds) == 1, rounds
 
 
 @pytest.mark.parametrize("d", [2, 4, 16, 128])
