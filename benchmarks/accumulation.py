@@ -7,14 +7,23 @@ same Chinese STS-B training sentences:
   for ``contrastive_backward``, GradCache (``gradcache`` on PyPI) and sentence-transformers'
   ``CachedMultipleNegativesRankingLoss``; naive accumulation and an open_clip-style loop
   (no RNG replay) as counter-examples;
-* wall-clock time per gradient computation (median over repeats), as a ratio to the
-  full-batch step;
-* peak bytes saved for backward (activation memory, weights excluded).
+* wall-clock time per gradient computation, as a ratio to the full-batch step: all the
+  methods of one table are timed together by :func:`timing.compare` (warm-up, interleaved
+  rounds on the same batch, median and interquartile range, intra-op threads fixed); each
+  timed call zeroes the gradients and then computes them, the same on every side;
+  ratios are ``median / median`` with ``[q1 / q3, q3 / q1]`` of the two
+  interquartile ranges as spread;
+* peak bytes saved for backward (activation memory, weights excluded), measured apart.
+
+The allocator is fixed first (glibc ``mallopt``: freed blocks below 1 GiB are kept for reuse,
+Linux only), so that what one method pays for fresh, kernel-zeroed pages does not depend on
+which method ran before it in the interleaved rounds.
 
 Writes the record ``benchmarks/accumulation`` (``kexue/results/benchmarks/accumulation.json``,
 read with ``kexue.experiments.records.load_record``). Usage::
 
-    .venv/bin/python benchmarks/accumulation.py [--repeats 3]
+    .venv/bin/python benchmarks/accumulation.py [--repeats 9] [--threads 1]   # ~3 minutes
+    .venv/bin/python benchmarks/accumulation.py --quick    # 3 repeats, no record written
 """
 
 from __future__ import annotations
@@ -22,10 +31,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
-import os
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +44,9 @@ from kexue.experiments.ch07_accumulation import CONFIGS, load_sentence_encoder
 from kexue.experiments.records import write_record
 from kexue.pretrained import ZH_CHAR_BERT
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling timing module
+from timing import compare, environment, ratio, reuse_freed_memory  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = "benchmarks/accumulation"
 TAU = 0.05
@@ -48,6 +57,11 @@ def _version(name: str) -> str | None:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+ALLOCATOR = "mallopt(M_MMAP_THRESHOLD, 1 GiB), mallopt(M_TRIM_THRESHOLD, 1 GiB): freed blocks are reused"
+
+
 
 
 def load_gradcache() -> Any:
@@ -89,34 +103,40 @@ def features(ids: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": (ids != 0).long()}
 
 
-def measure(
-    methods: dict[str, Callable[[], Any]], encoder: nn.Module, repeats: int
-) -> dict[str, tuple[float, float, float]]:
-    """Per method: (median wall seconds, median CPU seconds of this process, peak MiB saved for backward).
+def timed(
+    methods: dict[str, Callable[[], Any]], encoder: nn.Module, repeats: int, threads: int
+) -> dict[str, Any]:
+    """:func:`compare` of the methods; each timed call zeroes ``encoder``'s grads, then fills them."""
 
-    Each callable fills ``encoder``'s grads. CPU time (``time.process_time``, summed over threads) is
-    reported beside wall time because the machine may be shared: other jobs stretch wall time
-    unevenly, while the CPU work a method does is what the ratios should compare.
-
-    The repeats go round-robin over the methods (after one warm-up round), so that a machine
-    shared with other jobs slows every method alike rather than whichever ran last.
-    """
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    cpu: dict[str, list[float]] = {name: [] for name in methods}
-    for round_ in range(repeats + 1):
-        for name, fn in methods.items():
+    def with_fresh_grads(fn: Callable[[], Any]) -> Callable[[], None]:
+        def call() -> None:
             encoder.zero_grad(set_to_none=True)
-            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            if round_:  # round 0 is the warm-up
-                times[name].append(time.perf_counter() - start)
-                cpu[name].append(time.process_time() - start_cpu)
+
+        return call
+
+    report = compare({name: with_fresh_grads(fn) for name, fn in methods.items()},
+                     repeats=repeats, warmup=1, min_sample_s=0.0, threads=threads)
+    encoder.zero_grad(set_to_none=True)
+    return report
+
+
+def ratio_spread(report: dict[str, Any], other: str, base: str) -> tuple[float, list[float]]:
+    """``ratio(other, base)`` and its spread: from ``other``'s fast quartile over ``base``'s slow one
+    to ``other``'s slow quartile over ``base``'s fast one (an interval that holds the ratio)."""
+    a, b = report["results"][other], report["results"][base]
+    q1, q3 = a["q1_s"] / b["q3_s"], a["q3_s"] / b["q1_s"]
+    return ratio(report, other, base), [q1, q3]
+
+
+def saved_mib(methods: dict[str, Callable[[], Any]], encoder: nn.Module) -> dict[str, float]:
+    """Per method: peak MiB saved for backward (weights excluded), from one call."""
     out = {}
     for name, fn in methods.items():
         encoder.zero_grad(set_to_none=True)
         with acc.SavedTensorMeter(exclude=encoder.parameters()) as meter:
             fn()
-        out[name] = (statistics.median(times[name]), statistics.median(cpu[name]), meter.peak / 2**20)
+        out[name] = meter.peak / 2**20
     encoder.zero_grad(set_to_none=True)
     return out
 
@@ -126,8 +146,14 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=32, help="sentences per batch")
     parser.add_argument("--micro", type=int, default=8, help="sentences per micro-batch")
     parser.add_argument("--max-chars", type=int, default=24)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=9, help="interleaved timing rounds (at least 3)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads while timing")
+    parser.add_argument("--quick", action="store_true", help="3 repeats, micro-batches 4 and 8, no record")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats = 3
+    fixed = reuse_freed_memory()
+    env = environment()
     torch.manual_seed(0)
     cfg = CONFIGS["smoke"]
     path = ZH_CHAR_BERT if (ZH_CHAR_BERT / "model.safetensors").is_file() else ZH_CHAR_BERT / "checkpoint"
@@ -195,61 +221,72 @@ def main() -> None:
                                    rel_error=acc.relative_error(grads_of(fn), reference)))
 
     # ---- time and memory, SimCSE batch ----
-    timed: dict[str, Callable[[], Any]] = {
+    timed_methods: dict[str, Callable[[], Any]] = {
         "full batch (one graph)": lambda: acc.full_batch_backward(encoder, simcse_ids, simcse),
         "kexue contrastive_backward": simcse_methods["kexue contrastive_backward"][0],
         "open_clip-style": simcse_methods["open_clip-style (no RNG replay)"][0],
     }
     if "GradCache" in simcse_methods:
-        timed["GradCache"] = simcse_methods["GradCache"][0]
+        timed_methods["GradCache"] = simcse_methods["GradCache"][0]
     if st_cached is not None:
         # MNRL on the SimCSE-sized batch: 2 x sentences rows, as two columns
-        timed["sentence-transformers MNRL (full batch)"] = lambda: st_plain(
+        timed_methods["sentence-transformers MNRL (full batch)"] = lambda: st_plain(
             [features(anchors), features(positives)], labels).backward()
-        timed["sentence-transformers CachedMNRL"] = mnrl_methods["sentence-transformers CachedMNRL"][0]
-        timed["kexue contrastive_backward, 2 inputs"] = mnrl_methods["kexue contrastive_backward"][0]
-    rows_memory = []
-    for name, (seconds, cpu_seconds, mib) in measure(timed, encoder, args.repeats).items():
-        rows_timing.append(dict(method=name, seconds=seconds, cpu_seconds=cpu_seconds))
-        rows_memory.append(dict(method=name, saved_mib=mib))
-        print(f"{name:>45}: wall {seconds * 1e3:8.1f} ms  cpu {cpu_seconds * 1e3:8.1f} ms  {mib:7.1f} MiB", flush=True)
-    full = next(r["cpu_seconds"] for r in rows_timing if r["method"] == "full batch (one graph)")
-    full_mib = next(r["saved_mib"] for r in rows_memory if r["method"] == "full batch (one graph)")
-    full_wall = next(r["seconds"] for r in rows_timing if r["method"] == "full batch (one graph)")
-    st_full = next((r["cpu_seconds"] for r in rows_timing if r["method"].endswith("MNRL (full batch)")), None)
-    for row in rows_timing:  # ratios of CPU time; wall-time ratio kept beside it
-        row["ratio_to_full"] = row["cpu_seconds"] / full
-        row["wall_ratio_to_full"] = row["seconds"] / full_wall
-        if st_full is not None:
-            row["ratio_to_st_mnrl"] = row["cpu_seconds"] / st_full
-    for row in rows_memory:
-        row["ratio_to_full"] = row["saved_mib"] / full_mib
+        timed_methods["sentence-transformers CachedMNRL"] = mnrl_methods["sentence-transformers CachedMNRL"][0]
+        timed_methods["kexue contrastive_backward, 2 inputs"] = mnrl_methods["kexue contrastive_backward"][0]
+    full_name, st_full_name = "full batch (one graph)", "sentence-transformers MNRL (full batch)"
+    report = timed(timed_methods, encoder, args.repeats, args.threads)
+    loads = {"main table": report["env_after"]["load_avg"]}
+    for name, res in report["results"].items():
+        row = dict(method=name, seconds=res["median_s"], iqr_s=[res["q1_s"], res["q3_s"]])
+        row["ratio_to_full"], row["ratio_to_full_iqr"] = ratio_spread(report, name, full_name)
+        if st_full_name in report["results"]:
+            row["ratio_to_st_mnrl"], row["ratio_to_st_mnrl_iqr"] = ratio_spread(report, name, st_full_name)
+        rows_timing.append(row)
+    mib = saved_mib(timed_methods, encoder)
+    rows_memory = [dict(method=name, saved_mib=m, ratio_to_full=m / mib[full_name]) for name, m in mib.items()]
+    for row in rows_timing:
+        print(f"{row['method']:>45}: {row['seconds'] * 1e3:8.1f} ms (IQR {row['iqr_s'][0] * 1e3:.1f}-"
+              f"{row['iqr_s'][1] * 1e3:.1f})  x{row['ratio_to_full']:.2f} of full  {mib[row['method']]:7.1f} MiB",
+              flush=True)
 
     # ---- time overhead against the micro-batch size (the extra no-graph pass costs more when it is small) ----
     rows_by_micro = []
-    for micro in [m for m in (2, 4, 8, 16) if args.sentences % m == 0 and m < args.sentences]:
+    micros = (4, 8) if args.quick else (2, 4, 8, 16)
+    for micro in [m for m in micros if args.sentences % m == 0 and m < args.sentences]:
         methods: dict[str, Callable[[], Any]] = {
             "full": lambda: acc.full_batch_backward(encoder, simcse_ids, simcse),
             "two-pass": lambda m=micro: acc.contrastive_backward(encoder, simcse_ids, simcse, 2 * m),
         }
         if peers["gradcache"]:
-            methods["GradCache"] = lambda m=micro: GradCache(models=[encoder], chunk_sizes=2 * m, loss_fn=simcse)(simcse_ids)
-        res = measure(methods, encoder, args.repeats)
-        row = dict(micro_batch_sentences=micro, ratio_to_full=res["two-pass"][1] / res["full"][1],
-                   saved_mib=res["two-pass"][2], full_saved_mib=res["full"][2])
-        if "GradCache" in res:
-            row["gradcache_ratio_to_full"] = res["GradCache"][1] / res["full"][1]
+            gc_micro = GradCache(models=[encoder], chunk_sizes=2 * micro, loss_fn=simcse)  # built once, untimed
+            methods["GradCache"] = lambda g=gc_micro: g(simcse_ids)
+        report = timed(methods, encoder, args.repeats, args.threads)
+        loads[f"micro-batch {micro}"] = report["env_after"]["load_avg"]
+        mib = saved_mib({k: methods[k] for k in ("full", "two-pass")}, encoder)
+        row = dict(micro_batch_sentences=micro, full_seconds=report["results"]["full"]["median_s"],
+                   saved_mib=mib["two-pass"], full_saved_mib=mib["full"])
+        row["ratio_to_full"], row["ratio_to_full_iqr"] = ratio_spread(report, "two-pass", "full")
+        if "GradCache" in methods:
+            row["gradcache_ratio_to_full"], row["gradcache_ratio_to_full_iqr"] = ratio_spread(report, "GradCache", "full")
+            row["ratio_to_gradcache"], row["ratio_to_gradcache_iqr"] = ratio_spread(report, "two-pass", "GradCache")
         rows_by_micro.append(row)
-        print(f"micro-batch {micro:>3} sentences: two-pass {row['ratio_to_full']:.2f}x full batch (CPU time)"
-              + (f", GradCache {row['gradcache_ratio_to_full']:.2f}x" if "gradcache_ratio_to_full" in row else ""), flush=True)
+        print(f"micro-batch {micro:>3} sentences: two-pass {row['ratio_to_full']:.2f}x full batch "
+              f"(IQR {row['ratio_to_full_iqr'][0]:.2f}-{row['ratio_to_full_iqr'][1]:.2f})"
+              + (f", GradCache {row['gradcache_ratio_to_full']:.2f}x" if "gradcache_ratio_to_full" in row else ""),
+              flush=True)
 
     result = dict(
         date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        device="cpu",
+        device=f"cpu ({env['cpu']})",
         torch=torch.__version__,
-        threads=torch.get_num_threads(),
-        load_average=list(os.getloadavg()),
-        timing_note="ratios compare CPU time of this process (time.process_time); wall time is also given",
+        threads=args.threads,
+        allocator=ALLOCATOR if fixed else "glibc defaults (mallopt unavailable)",
+        environment=env,
+        load_average=environment()["load_avg"],
+        load_average_after=loads,
+        timing_note="benchmarks/timing.py compare: wall time, warm-up, interleaved rotated rounds, median and IQR; "
+                    "ratio = median / median, its spread (_iqr) = [q1 / q3, q3 / q1] of the two quartiles",
         peers=peers,
         model=str(path.relative_to(ROOT)),
         setup=dict(sentences=args.sentences, micro_batch_sentences=args.micro, max_chars=args.max_chars,
@@ -261,7 +298,7 @@ def main() -> None:
     )
     for row in rows_gradients:
         print(f"{row['loss']:>6} {row['method']:>40}: rel. error {row['rel_error']:.2e}")
-    print(f"wrote {write_record(RECORD, result)}")
+    print("--quick: no record written" if args.quick else f"wrote {write_record(RECORD, result)}")
 
 
 if __name__ == "__main__":

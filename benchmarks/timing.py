@@ -19,21 +19,41 @@ faster.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-__all__ = ["compare", "environment", "ratio"]
+__all__ = ["compare", "environment", "ratio", "reuse_freed_memory"]
 
 
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def reuse_freed_memory() -> bool:
+    """Ask glibc to keep freed large blocks (no mmap/trim below 1 GiB); False where unavailable.
+
+    With glibc's defaults, large blocks go back to the kernel when freed and the
+    threshold adapts to what was freed last, so one callable's timing can depend
+    on what ran before it (the kernel zeroes fresh pages on every call). Call it
+    once before timing; record its return value.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 def _load() -> list[float] | None:
