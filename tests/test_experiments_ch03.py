@@ -14,6 +14,7 @@ from kexue.experiments import ch03_rope as ch03
 from kexue.experiments.config import Profiles
 from kexue.experiments.loop import History
 from kexue.experiments.records import RunResult
+from kexue.nn import patchify
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -143,6 +144,113 @@ def test_resize_modes():
         ch03.resize_images(x, 4, "pad")
 
 
+@pytest.mark.parametrize("side,size,patch", [(8, 12, 2), (8, 16, 2), (28, 40, 4), (28, 56, 4)])
+def test_image_patch_mask_marks_exactly_the_image_patches(side, size, patch):
+    x = torch.rand(3, side, side) + 0.1  # no blank pixel inside the image
+    padded = ch03.resize_images(x, size, "pad", align=patch)
+    mask = ch03.image_patch_mask((side, side), size, patch)
+    assert mask.shape == ((size // patch) ** 2,) and int(mask.sum()) == (side // patch) ** 2
+    # the marked patches are the image's own patches, in order; the others are blank
+    tokens = patchify(padded, patch)
+    torch.testing.assert_close(tokens[:, mask], patchify(x, patch), rtol=0, atol=0)
+    assert tokens[:, ~mask].abs().max() == 0
+
+
+def test_unaligned_padding_cuts_the_image_into_other_patches():
+    # 28 -> 40 centres the image at offset 6, not a multiple of the patch 4: without
+    # align the padded image is cut differently, which the aligned protocol avoids
+    x = torch.rand(2, 28, 28) + 0.1
+    unaligned = patchify(ch03.resize_images(x, 40, "pad"), 4)
+    mask = ch03.image_patch_mask((28, 28), 40, 4)
+    assert int(mask.sum()) == 49 and not torch.equal(unaligned[:, mask], patchify(x, 4))
+    with pytest.raises(ValueError, match="align"):
+        ch03.resize_images(x, 40, "pad", align=0)
+    with pytest.raises(ValueError, match="multiple of patch"):
+        ch03.image_patch_mask((28, 28), 42, 4)
+
+
+def _padded_logits(model, x, size, **kwargs):
+    padded = ch03.resize_images(x, size, "pad", align=model.cfg.patch)
+    mask = ch03.image_patch_mask(tuple(x.shape[-2:]), size, model.cfg.patch)
+    return model(padded, patch_mask=mask, **kwargs)
+
+
+@pytest.mark.parametrize("position", ch03.POSITIONS)
+def test_hiding_blank_patches_leaves_only_2d_rope_unchanged(position):
+    # pad_keys: the image's patches see only each other at shifted positions; 2D RoPE is
+    # relative, so its logits are those at the training size. Flattened 1D RoPE (the row
+    # width changes) and the learned table (it is resized) are not. Without hiding the
+    # blank patches as keys (pad_pool), none is unchanged.
+    cfg = dataclasses.replace(ch03.CONFIGS["smoke"], **TINY)
+    torch.manual_seed(0)
+    model = ch03.PatchViT(cfg, position).eval()
+    with torch.no_grad():  # a random model has a near-zero head: make the logits spread
+        model.head.weight.mul_(50.0)
+    x = torch.rand(4, 8, 8)
+    with torch.no_grad():
+        ref = model(x)
+        scale = ref.abs().max().item()  # float32 rounding is relative to it
+        for size in (12, 16):
+            keys_gap = (_padded_logits(model, x, size, mask_keys=True) - ref).abs().max().item()
+            pool_gap = (_padded_logits(model, x, size) - ref).abs().max().item()
+            assert pool_gap > 1e-3 * scale
+            if position == "rotary2d":
+                assert keys_gap < 1e-5 * scale
+            else:
+                assert keys_gap > 1e-3 * scale
+
+
+def test_patch_mask_is_validated():
+    cfg = dataclasses.replace(ch03.CONFIGS["smoke"], **TINY)
+    model = ch03.PatchViT(cfg, "rotary2d").eval()
+    x = torch.rand(2, 12, 12)  # a 6x6 grid
+    with pytest.raises(ValueError, match="patch_mask"):
+        model(x, patch_mask=torch.ones(16, dtype=torch.bool))
+    with pytest.raises(ValueError, match="patch_mask"):
+        model(x, patch_mask=torch.ones(36))
+    with pytest.raises(ValueError, match="patch_mask"):
+        model(x, patch_mask=torch.zeros(36, dtype=torch.bool))
+    with pytest.raises(ValueError, match="needs a patch_mask"):
+        model(x, mask_keys=True)
+    # an all-true mask is the plain path, bit for bit
+    with torch.no_grad():
+        every = torch.ones(36, dtype=torch.bool)
+        assert torch.equal(model(x, patch_mask=every, mask_keys=True), model(x))
+    with pytest.raises(ValueError, match="mode"):
+        ch03.evaluate_vit(model, x, torch.zeros(2, dtype=torch.long), 12, mode="crop")
+
+
+def _metrics(cfg, value=0.5, train=0.9):
+    metrics = {}
+    for position in cfg.positions:
+        for mode, size, interp in ch03.evaluations(cfg, position):
+            metrics[ch03.acc_key(position, mode, size, interp)] = train if size == cfg.image_size else value
+    return metrics
+
+
+def test_verdicts_follow_the_metrics():
+    cfg = ch03.CONFIGS["smoke"]
+    base = _metrics(cfg)
+    verdicts = ch03.verdicts(cfg, base)
+    assert len(verdicts) == 8 and all(isinstance(v, bool) for v in verdicts.values())
+    beats_1d = "upsample@12: 2D RoPE beats flattened 1D RoPE"
+    assert verdicts[beats_1d] is False  # ties are not wins
+    assert ch03.verdicts(cfg, {**base, "acc/rotary2d/upsample/12": 0.6})[beats_1d] is True
+    assert ch03.verdicts(cfg, {**base, "acc/rotary/upsample/12": 0.6})[beats_1d] is False
+    train = "at training size, 2D RoPE within 5 points of the best"
+    assert verdicts[train] is True
+    worse = {**base, **{f"acc/rotary2d/{m}/8": 0.8 for m in ch03.TEST_MODES}}
+    assert ch03.verdicts(cfg, worse)[train] is False
+    pad = "pad@16: every model ends more than 30 points below its training accuracy"
+    assert verdicts[pad] is True  # 0.5 is 40 points below 0.9
+    one_high = {**base, "acc/learned/pad/16": 0.7}  # one model only 20 points below
+    assert ch03.verdicts(cfg, one_high)[pad] is False
+    keys = "pad_keys@16: 2D RoPE beats flattened 1D RoPE and learned"
+    assert ch03.verdicts(cfg, {**base, "acc/rotary2d/pad_keys/16": 0.9})[keys] is True
+    with pytest.raises(ValueError, match="every"):
+        ch03.verdicts(dataclasses.replace(cfg, positions=("rotary2d",)), base)
+
+
 # ---------------------------------------------------------------------------
 # training and the whole run
 # ---------------------------------------------------------------------------
@@ -195,8 +303,10 @@ def test_run_reports_every_evaluation():
     assert "acc/rotary2d/upsample/16/interp" in result.metrics
     assert "acc/learned/upsample/16/interp" not in result.metrics
     assert "acc/rotary2d/upsample/8/interp" not in result.metrics  # no interpolation at the training size
-    # pad and upsample agree at the training size (the images are unchanged)
-    assert result.metrics["acc/rotary/pad/8"] == result.metrics["acc/rotary/upsample/8"]
+    # every test mode agrees at the training size (the images and the pool are unchanged)
+    for mode in ("pad", "pad_pool", "pad_keys"):
+        assert result.metrics[f"acc/rotary/{mode}/8"] == result.metrics["acc/rotary/upsample/8"]
+    assert "acc/rotary2d/pad_keys/16/interp" in result.metrics
     table = result.artifacts["table"]
     assert table["columns"] == [f"{m}@{s}" for m in cfg.test_modes for s in cfg.test_sizes]
     assert [(r["position"], r["interpolate"]) for r in table["rows"]] == [

@@ -41,13 +41,16 @@ __all__ = [
     "CONFIGS",
     "POSITIONS",
     "RESIZE_MODES",
+    "TEST_MODES",
     "PatchViT",
     "resize_images",
+    "image_patch_mask",
     "load_images",
     "train_vit",
     "evaluate_vit",
     "acc_key",
     "evaluations",
+    "verdicts",
     "run",
 ]
 
@@ -55,6 +58,11 @@ __all__ = [
 POSITIONS: tuple[str, ...] = ("learned", "rotary", "rotary2d")
 #: how a test image reaches a larger side (see :func:`resize_images`)
 RESIZE_MODES: tuple[str, ...] = ("upsample", "pad")
+#: the test protocols: the two resize modes (all patches attend and are pooled), and two
+#: that pad as ``"pad"`` but set the blank patches aside (see :func:`image_patch_mask`):
+#: ``"pad_pool"`` mean-pools only the patches that hold the image (blank patches still
+#: attend and are attended to); ``"pad_keys"`` also removes them from attention (keys)
+TEST_MODES: tuple[str, ...] = (*RESIZE_MODES, "pad_pool", "pad_keys")
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,7 @@ class ViTConfig:
     dataset: str = "digits"  # "digits" (sklearn 8x8) or "fashion_mnist" (28x28)
     image_size: int = 8  # training resolution (pixels per side)
     test_sizes: tuple[int, ...] = (8, 12, 16)  # evaluation sides in pixels (see test_modes)
-    test_modes: tuple[str, ...] = RESIZE_MODES  # how test images reach a larger side
+    test_modes: tuple[str, ...] = TEST_MODES  # how test images reach a larger side (and are pooled)
     patch: int = 2  # patch side in pixels; grid side = image_size // patch
     dim: int = 64  # model width
     depth: int = 2  # transformer blocks
@@ -96,7 +104,7 @@ class ViTConfig:
             if size % self.patch:
                 raise ValueError(f"test size {size} must be a multiple of patch ({self.patch})")
         for mode in self.test_modes:
-            checks.choice("test mode", mode, RESIZE_MODES)
+            checks.choice("test mode", mode, TEST_MODES)
         for position in self.positions:
             checks.choice("position", position, POSITIONS)
         checks.float_in("warmup_fraction", self.warmup_fraction, 0.0, 1.0)
@@ -128,12 +136,14 @@ CONFIGS: Profiles[ViTConfig] = Profiles(
 )
 
 
-def resize_images(images: torch.Tensor, size: int, mode: str = "upsample") -> torch.Tensor:
+def resize_images(images: torch.Tensor, size: int, mode: str = "upsample", *, align: int = 1) -> torch.Tensor:
     """Make ``(n, h, w)`` images ``(n, size, size)``.
 
     ``mode="upsample"``: bilinear resize (same content, finer grid; the usual
     "test at a higher resolution" protocol). ``mode="pad"``: centre the image on
-    a larger zero canvas (same scale, larger field of view).
+    a larger zero canvas (same scale, larger field of view), its top-left offset
+    rounded down to a multiple of ``align`` (pass the patch side, so that every
+    patch of the original image is a patch of the padded one).
     """
     if images.dim() != 3:
         raise ValueError(f"images must have shape (n, h, w), got {tuple(images.shape)}")
@@ -143,10 +153,29 @@ def resize_images(images: torch.Tensor, size: int, mode: str = "upsample") -> to
         return images
     if mode == "upsample":
         return F.interpolate(images[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    checks.positive_int("align", align)
     if size < h or size < w:
         raise ValueError(f"mode='pad' needs size >= the image sides {(h, w)}, got {size}")
-    top, left = (size - h) // 2, (size - w) // 2
+    top, left = (size - h) // 2 // align * align, (size - w) // 2 // align * align
     return F.pad(images, (left, size - w - left, top, size - h - top))
+
+
+def image_patch_mask(side: tuple[int, int], size: int, patch: int) -> torch.Tensor:
+    """Which patches of a ``size x size`` canvas hold an image of sides ``side`` padded onto it.
+
+    The canvas is the one ``resize_images(images, size, "pad", align=patch)``
+    makes. Returns a boolean ``((size // patch) ** 2,)`` mask over the row-major
+    patch grid, true where a patch overlaps the image.
+    """
+    h, w = side
+    checks.positive_int("patch", patch)
+    if size % patch or size < h or size < w:
+        raise ValueError(f"size ({size}) must be a multiple of patch ({patch}) and >= the image sides {side}")
+    top, left = (size - h) // 2 // patch * patch, (size - w) // 2 // patch * patch
+    cells = torch.arange(size // patch)
+    rows = (cells * patch < top + h) & ((cells + 1) * patch > top)
+    cols = (cells * patch < left + w) & ((cells + 1) * patch > left)
+    return (rows[:, None] & cols[None, :]).flatten()
 
 
 def load_images(cfg: ViTConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -199,13 +228,20 @@ class PatchViT(nn.Module):
                 nn.init.normal_(module.weight, std=module.in_features ** -0.5)
         self.head = nn.Linear(cfg.dim, num_classes)
 
-    def forward(self, images: torch.Tensor, *, interpolate: bool = False) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, *, interpolate: bool = False, patch_mask: torch.Tensor | None = None,
+        mask_keys: bool = False,
+    ) -> torch.Tensor:
         """``images`` ``(batch, H, W)`` with ``H, W`` multiples of the patch -> logits ``(batch, classes)``.
 
         On a grid larger than the training grid, RoPE positions are integers
         (extrapolation) unless ``interpolate=True``, which scales them by
         ``train_grid / grid`` (position interpolation, as EVA-02 does). The learned
         table is always bilinearly interpolated (it has no entries to extrapolate).
+        ``patch_mask`` (boolean, one entry per patch, row-major) restricts the mean
+        pool to the marked patches; the others still take part in attention unless
+        ``mask_keys=True``, which also hides them as attention keys (the encoder's
+        padding mask).
         """
         x = self.patch_embed(patchify(images, self.cfg.patch))  # (b, h*w, dim)
         h, w = images.shape[-2] // self.cfg.patch, images.shape[-1] // self.cfg.patch
@@ -222,7 +258,16 @@ class PatchViT(nn.Module):
             positions = flat_positions(grid, self.grid if interpolate else w)  # (h*w,)
         else:
             positions = grid[None]  # (1, h*w, 2)
-        x = self.encoder(inputs_embeds=x, positions=positions)
+        if patch_mask is not None:
+            if patch_mask.dtype != torch.bool or patch_mask.shape != (x.shape[1],) or not patch_mask.any():
+                raise ValueError(f"patch_mask must be a non-empty boolean ({x.shape[1]},) mask over the patches")
+            patch_mask = None if patch_mask.all() else patch_mask.to(x.device)  # all: the plain path
+        elif mask_keys:
+            raise ValueError("mask_keys=True needs a patch_mask")
+        keys = patch_mask.expand(x.shape[0], -1) if mask_keys and patch_mask is not None else None
+        x = self.encoder(inputs_embeds=x, mask=keys, positions=positions)
+        if patch_mask is not None:
+            x = x[:, patch_mask]
         return self.head(x.mean(dim=1))
 
 
@@ -272,13 +317,25 @@ def train_vit(
 @torch.no_grad()
 def evaluate_vit(model: PatchViT, images: torch.Tensor, labels: torch.Tensor, size: int,
                  *, mode: str = "upsample", interpolate: bool = False, batch_size: int = 512) -> float:
-    """Accuracy of ``model`` on ``images`` brought to ``size x size`` by :func:`resize_images`."""
+    """Accuracy of ``model`` on ``images`` brought to ``size x size`` by test mode ``mode``.
+
+    ``"upsample"`` and ``"pad"`` are :func:`resize_images` modes (padding aligned
+    to the patch grid), mean-pooled over all patches. ``"pad_pool"`` pads the same
+    way and pools only over the patches that hold the image
+    (:func:`image_patch_mask`); ``"pad_keys"`` also hides the blank patches as
+    attention keys, so the image's patches see only each other.
+    """
+    checks.choice("mode", mode, TEST_MODES)
     model.eval()
     device = next(model.parameters()).device
-    x = resize_images(images, size, mode)
+    patch = model.cfg.patch
+    padded = mode in ("pad_pool", "pad_keys")
+    x = resize_images(images, size, "pad" if padded else mode, align=patch)
+    mask = image_patch_mask(tuple(images.shape[-2:]), size, patch) if padded else None
     correct = 0
     for start in range(0, len(x), batch_size):
-        logits = model(x[start: start + batch_size].to(device), interpolate=interpolate)
+        batch = x[start: start + batch_size].to(device)
+        logits = model(batch, interpolate=interpolate, patch_mask=mask, mask_keys=mode == "pad_keys")
         correct += (logits.argmax(-1).cpu() == labels[start: start + batch_size]).sum().item()
     return correct / len(x)
 
@@ -301,6 +358,44 @@ def evaluations(cfg: ViTConfig, position: str) -> list[tuple[str, int, bool]]:
         for size in cfg.test_sizes
         for interp in ((False, True) if position != "learned" and size != cfg.image_size else (False,))
     ]
+
+
+def verdicts(cfg: ViTConfig, metrics: dict[str, float]) -> dict[str, bool]:
+    """The comparisons the chapter states, each computed from one run's ``metrics``.
+
+    ``mid`` and ``big`` are the second-smallest and the largest test side. The
+    claims are about one run (one seed); a record over several seeds shows how
+    often each holds. Needs ``cfg.positions`` to be all of :data:`POSITIONS` and
+    ``cfg.test_modes`` all of :data:`TEST_MODES`.
+    """
+    if set(cfg.positions) != set(POSITIONS) or set(cfg.test_modes) != set(TEST_MODES):
+        raise ValueError("verdicts need every position encoding and every test mode")
+    sizes = sorted(cfg.test_sizes)
+    mid, big = sizes[1], sizes[-1]
+
+    def acc(position: str, mode: str, size: int, interp: bool = False) -> float:
+        return metrics[acc_key(position, mode, size, interp)]
+
+    train = {p: acc(p, "upsample", cfg.image_size) for p in POSITIONS}
+    return {
+        "at training size, 2D RoPE within 5 points of the best": train["rotary2d"] >= max(train.values()) - 0.05,
+        f"upsample@{mid}: 2D RoPE beats flattened 1D RoPE": acc("rotary2d", "upsample", mid)
+        > acc("rotary", "upsample", mid),
+        f"upsample@{mid}: 2D RoPE beats learned (resized table)": acc("rotary2d", "upsample", mid)
+        > acc("learned", "upsample", mid),
+        f"upsample@{big}: 2D RoPE + interpolation beats learned": acc("rotary2d", "upsample", big, True)
+        > acc("learned", "upsample", big),
+        f"upsample@{big}: interpolation helps 2D RoPE": acc("rotary2d", "upsample", big, True)
+        > acc("rotary2d", "upsample", big),
+        f"pad@{big}: every model ends more than 30 points below its training accuracy": all(
+            acc(p, "pad", big) < train[p] - 0.3 for p in POSITIONS
+        ),
+        f"pad_pool@{big}: so does every model when only the image's patches are pooled": all(
+            acc(p, "pad_pool", big) < train[p] - 0.3 for p in POSITIONS
+        ),
+        f"pad_keys@{big}: 2D RoPE beats flattened 1D RoPE and learned": acc("rotary2d", "pad_keys", big)
+        > max(acc("rotary", "pad_keys", big), acc("learned", "pad_keys", big)),
+    }
 
 
 def _image_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
