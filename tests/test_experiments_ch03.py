@@ -17,12 +17,6 @@ from kexue.experiments.records import RunResult
 from kexue.nn import patchify
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 TINY = dict(dim=32, heads=2, ffn_dim=32, depth=1)

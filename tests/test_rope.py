@@ -22,13 +22,6 @@ from kexue.rope import (
 F64 = dict(rtol=1e-12, atol=1e-12)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Every tensor here is small; one intra-op thread avoids synchronisation stalls on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _gen(seed: int = 0) -> torch.Generator:
