@@ -3,7 +3,9 @@
 Source: 苏剑林 (Su Jianlin), 《也来盘点一些最近的非Transformer工作》, Scientific Spaces,
 2021-05-24, https://kexue.fm/archives/8431. Papers: Synthesizer (arXiv 2005.00743),
 MLP-Mixer (2105.01601), External Attention (2105.02358), ResMLP (2105.03404),
-FNet (2105.03824), gMLP (2105.08050); supplement, not in the post: AFT (2105.14103).
+FNet (2105.03824), gMLP and aMLP (2105.08050), pre-trained convolutions
+(2105.03322); supplement, not in the post: AFT (2105.14103). aMLP and the
+convolution are implemented but kept out of :data:`MIXERS`.
 
 Every mixer shares one interface so that :class:`kexue.nn.TransformerEncoder` can
 swap it in (``TransformerConfig(mixer=name, mixer_options={...})``):
@@ -50,6 +52,8 @@ __all__ = [
     "FNetMixing",
     "ExternalAttention",
     "AFTSimple",
+    "DepthwiseConvMixing",
+    "TinyAttentionGatingUnit",
     "MIXERS",
     "dft_matrix",
     "complex_dtype_for",
@@ -753,6 +757,109 @@ class AFTSimple(TokenMixer):
             mixed = mixed[:, None]
         y = mixed[..., 0].transpose(1, 2)  # (b, n, d)
         return self.output(torch.sigmoid(self.query(x)) * y)
+
+
+# --------------------------------------------------------------------------- 9. not in the registry
+
+
+class DepthwiseConvMixing(TokenMixer):
+    r"""A depthwise 1-D convolution over tokens (the token mixing of pre-trained convolutions).
+
+    .. math:: O_{i c} = \sum_{t=0}^{k-1} w_{c t}\, X_{i + t - \ell,\, c} + b_c,\qquad
+              A^{(c)}_{ij} = w_{c,\, j - i + \ell}\ \text{ if } 0 \le j - i + \ell < k \text{ else } 0
+
+    One banded Toeplitz matrix per channel ``c`` (``token_matrix`` is
+    ``(batch, dim, seq, seq)``), with ``l = (k - 1) / 2`` (centred, ``kernel`` odd) or
+    ``l = k - 1`` with ``causal=True`` (past and present only). Takes any length;
+    padded rows are zeroed, so a real token sees exactly the zeros it would see at
+    its own length. Not in :data:`MIXERS` (the chapter's experiment keeps its list).
+    Equation ``ch05-conv``.
+    """
+
+    key = "conv"
+    complexity = "O(n k d)"
+
+    def __init__(self, dim: int, seq_len: int, *, kernel: int = 3, causal: bool = False) -> None:
+        super().__init__(dim, seq_len, causal=causal)
+        self.kernel = checks.positive_int("kernel", kernel)
+        if not causal and kernel % 2 == 0:
+            raise ValueError(f"a centred kernel must be odd, got kernel={kernel}")
+        self.left = kernel - 1 if causal else (kernel - 1) // 2
+        self.weight = nn.Parameter(torch.randn(dim, kernel) / kernel)
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x, mask = self._prepare(x, mask)
+        v = F.pad(checks.zero_padding(x, mask).transpose(1, 2), (self.left, self.kernel - 1 - self.left))
+        return F.conv1d(v, self.weight[:, None, :], self.bias, groups=self.dim).transpose(1, 2)
+
+    def _matrix(self, x, mask):
+        n = x.shape[1]
+        idx = torch.arange(n, device=x.device)
+        tap = idx[None, :] - idx[:, None] + self.left  # (n, n): which kernel tap links i to j
+        inside = (tap >= 0) & (tap < self.kernel)
+        a = self.weight.to(x.dtype)[:, tap.clamp(0, self.kernel - 1)] * inside  # (d, n, n)
+        return a.expand(x.shape[0], -1, -1, -1)
+
+    def _values(self, x, mask):
+        return checks.zero_padding(x, mask).transpose(1, 2)[..., None]  # (b, d, n, 1)
+
+    def readout(self, x, mixed):
+        if mixed.dim() == 3:
+            mixed = mixed[:, None]
+        return mixed[..., 0].transpose(1, 2) + self.bias
+
+
+class TinyAttentionGatingUnit(SpatialGatingUnit):
+    r"""aMLP's gating unit: gMLP's spatial gate plus a tiny single-head attention.
+
+    .. math:: [Z_1, Z_2] = \mathrm{GELU}(X U + c),\qquad
+              O = \Big(Z_1 \odot \big(W\,\mathrm{LN}(Z_2) + b\mathbf{1}^\top
+              + \mathrm{softmax}(Q K^\top/\sqrt{a} + M)\, V\, W_p\big)\Big) V_o
+
+    with ``Q, K, V = X W_{q,k,v}`` of width ``a = attn_dim`` (the paper's 64) read
+    from the unit's input ``X`` and ``W_p`` mapping them to the gate's width. With
+    ``W_p = 0`` it is :class:`SpatialGatingUnit` with the same weights. Two token
+    matrices (``W`` and the softmax), so no single ``token_matrix``. Not in
+    :data:`MIXERS`. Equation ``ch05-amlp``.
+    """
+
+    key = "amlp"
+    has_token_matrix = False
+    complexity = "O(n^2 (d + a) + n d^2)"
+
+    def __init__(self, dim: int, seq_len: int, *, attn_dim: int = 64, hidden: int | None = None,
+                 init_std: float = 1e-6, layer_norm_eps: float = 1e-5, causal: bool = False) -> None:
+        super().__init__(dim, seq_len, hidden=hidden, init_std=init_std, layer_norm_eps=layer_norm_eps,
+                         causal=causal)
+        self.attn_dim = checks.positive_int("attn_dim", attn_dim)
+        self.qkv = nn.Linear(dim, 3 * attn_dim)
+        self.attn_out = nn.Linear(attn_dim, self.hidden)
+
+    def tiny_attention(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``softmax(Q K^T / sqrt(a) + M) V W_p``: ``(batch, seq, hidden)``."""
+        x, mask = self._prepare(x, mask)
+        q, k, v = self.qkv(checks.zero_padding(x, mask)).chunk(3, dim=-1)
+        logits = (q @ k.transpose(-1, -2) * self.attn_dim**-0.5)[:, None]
+        a = _masked_softmax(logits, _allowed(mask, x.shape[1], self.causal, x.device))[:, 0]
+        return self.attn_out(a @ v)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x, mask = self._prepare(x, mask)
+        n = x.shape[1]
+        z1, z2 = self._halves(x)
+        v = checks.zero_padding(self.norm(z2), mask)
+        gate = F.conv1d(v, self._weight(n)[..., None], self.bias[:n]) + self.tiny_attention(x, mask)
+        return self.proj_out(z1 * gate)
+
+    def forward_reference(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Eq. ``ch05-amlp`` with the spatial matrix applied as an explicit product."""
+        x, mask = self._prepare(x, mask)
+        n = x.shape[1]
+        z1, z2 = self._halves(x)
+        v = checks.zero_padding(self.norm(z2), mask)
+        gate = self._weight(n).to(x.dtype) @ v + self.bias[:n, None] + self.tiny_attention(x, mask)
+        return self.proj_out(z1 * gate)
 
 
 #: name -> class; ``TransformerConfig(mixer=name)`` builds ``MIXERS[name](dim, max_len, **mixer_options)``.

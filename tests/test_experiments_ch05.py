@@ -211,3 +211,75 @@ def test_cli_knows_the_chapter(capsys):
     assert cli(["05", "--profile", "smoke", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "ch05_mixers smoke: MixersConfig(" in out and "ch05_mixers_smoke.json" in out
+
+
+# --------------------------------------------------------------------------- independent checks
+
+
+def _randomised(name: str, **options):
+    seed_everything(0)
+    m = MIXERS[name](8, 12, **options).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return m
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_value_jacobian_matrix_matches_the_dense_formula(heads):
+    m = _randomised("synthesizer_dense", heads=heads)
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    a, residual = ch05.value_jacobian_matrix(m, x)
+    assert residual < 1e-10
+    torch.testing.assert_close(a, ch05.synthesizer_dense_matrix(m, x), rtol=1e-10, atol=1e-10)
+
+
+def test_dense_check_catches_a_broken_matrix_the_old_identity_does_not(monkeypatch):
+    """A Synthesizer-Dense whose matrix drops the relu: forward and token_matrix share the bug."""
+    m = _randomised("synthesizer_dense", heads=2)
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+
+    def broken(self, xx, mask):
+        n = xx.shape[1]
+        logits = self.logit_layer(self.hidden_layer(xx))  # relu missing
+        logits = logits.unflatten(-1, (self.heads, self.seq_len)).transpose(1, 2)[..., :n]
+        return torch.softmax(logits, dim=-1)
+
+    monkeypatch.setattr(type(m), "_matrix", broken)
+    # the chapter's first identity still holds for the broken module ...
+    mixed = m.token_matrix(x) @ m.values(x)
+    torch.testing.assert_close(m.readout(x, mixed), m(x))
+    # ... the independent check does not
+    a, residual = ch05.value_jacobian_matrix(m, x)
+    assert residual < 1e-10  # still linear in V: the bug is in A
+    assert (a - ch05.synthesizer_dense_matrix(m, x)).abs().max() > 1e-3
+
+
+def test_value_jacobian_matrix_catches_a_nonlinear_readout(monkeypatch):
+    m = _randomised("synthesizer_random", heads=2)
+    x = torch.randn(1, 6, 8, dtype=torch.float64)
+    _, ok = ch05.value_jacobian_matrix(m, x)
+    assert ok < 1e-10
+    plain = type(m).readout
+    monkeypatch.setattr(type(m), "readout", lambda self, xx, mixed: plain(self, xx, mixed.tanh()))
+    _, bad = ch05.value_jacobian_matrix(m, x)
+    assert bad > 1e-3
+
+
+def test_external_attention_couples_tokens_only_through_column_normalisers():
+    ea = _randomised("external_attention", heads=1, slots=5)
+    x = torch.randn(9, 8, dtype=torch.float64)
+    cross = ch05.ea_cross_jacobian(ea, x, i=0, j=3)
+    torch.testing.assert_close(cross["direct"], cross["through_z"], rtol=1e-10, atol=1e-12)
+    assert cross["direct"].abs().max() > 1e-6
+    assert torch.linalg.matrix_rank(cross["direct"]).item() <= 5
+    with pytest.raises(ValueError):
+        ch05.ea_cross_jacobian(_randomised("external_attention", heads=2), x, 0, 3)
+
+
+def test_made_token_mlp_is_causal_and_the_plain_one_is_not():
+    x = torch.randn(2, 9, 4, dtype=torch.float64)
+    future, past = ch05.future_dependence(ch05.MadeTokenMLP(9, 6).double(), x)
+    assert future == 0.0 and past > 1e-3
+    future, past = ch05.future_dependence(ch05.MadeTokenMLP(9, 6, masked=False).double(), x)
+    assert future > 1e-3

@@ -611,3 +611,68 @@ def test_input_dtype_must_match_the_parameters():
 def test_non_finite_construction_parameters_raise(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make()
+
+
+# --------------------------------------------------------------------------- outside the registry
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_depthwise_conv_is_a_banded_toeplitz_matrix(causal):
+    seed_everything(0)
+    conv = mixers.DepthwiseConvMixing(4, SEQ_LEN, kernel=3, causal=causal).double()
+    x = torch.randn(2, 7, 4, dtype=torch.float64)
+    out = torch.zeros_like(x)
+    left = 2 if causal else 1
+    for i in range(7):  # loop-level formula of Eq. ch05-conv
+        for t in range(3):
+            j = i + t - left
+            if 0 <= j < 7:
+                out[:, i] += conv.weight[:, t] * x[:, j]
+    torch.testing.assert_close(conv(x), out + conv.bias, rtol=1e-12, atol=1e-12)
+    a = conv.token_matrix(x)
+    torch.testing.assert_close(conv.readout(x, a @ conv.values(x)), conv(x))
+    assert a.shape == (2, 4, 7, 7)
+    if causal:
+        assert not a.triu(1).any()
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 5:] = False
+    torch.testing.assert_close(conv(x, mask)[1, :5], conv(x[1:, :5])[0])
+
+
+def test_depthwise_conv_rejects_even_centred_kernel():
+    with pytest.raises(ValueError):
+        mixers.DepthwiseConvMixing(4, SEQ_LEN, kernel=2)
+    mixers.DepthwiseConvMixing(4, SEQ_LEN, kernel=2, causal=True)
+
+
+def test_amlp_reduces_to_gmlp_and_matches_its_reference():
+    seed_everything(0)
+    amlp = mixers.TinyAttentionGatingUnit(DIM, SEQ_LEN, attn_dim=4).double()
+    with torch.no_grad():
+        for p in amlp.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(2, 7, DIM, dtype=torch.float64)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 5:] = False
+    torch.testing.assert_close(amlp(x, mask), amlp.forward_reference(x, mask))
+    torch.testing.assert_close(amlp(x, mask)[1, :5], amlp(x[1:, :5])[0])
+    gmlp = MIXERS["gmlp"](DIM, SEQ_LEN).double()
+    gmlp.load_state_dict(amlp.state_dict(), strict=False)
+    assert (amlp(x) - gmlp(x)).abs().max() > 1e-3
+    with torch.no_grad():
+        amlp.attn_out.weight.zero_()
+        amlp.attn_out.bias.zero_()
+    torch.testing.assert_close(amlp(x), gmlp(x))
+
+
+def test_amlp_causal_ignores_the_future():
+    seed_everything(0)
+    amlp = mixers.TinyAttentionGatingUnit(DIM, SEQ_LEN, attn_dim=4, causal=True).double()
+    with torch.no_grad():
+        for p in amlp.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(1, 7, DIM, dtype=torch.float64)
+    y = x.clone()
+    y[:, 4:] += 1.0
+    torch.testing.assert_close(amlp(x)[:, :4], amlp(y)[:, :4])
+    assert (amlp(x)[:, 4:] - amlp(y)[:, 4:]).abs().max() > 1e-3

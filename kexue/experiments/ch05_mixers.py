@@ -10,7 +10,12 @@ sentence is fed without its training padding (:func:`padding_shift`).
 
 Also here, the chapter's analysis helpers: :func:`probe` measures what a mixer
 gives up (longer inputs, permutation equivariance, causality, padding) and
-:func:`plot_scaling` draws the benchmark's forward times.
+:func:`plot_scaling` draws the benchmark's forward times; and the independent
+checks: :func:`value_jacobian_matrix` (a Synthesizer's matrix read off ``forward``
+by autograd), :func:`synthesizer_dense_matrix` (Eq. ``ch05-synth-dense`` from the
+parameters), :func:`ea_cross_jacobian` (External Attention's cross-token Jacobian
+through its column normalisers) and :class:`MadeTokenMLP` with
+:func:`future_dependence` (a causal MLP-Mixer token MLP, Eq. ``ch05-made``).
 
 See: book chapter 05 (``book/05_token_mixers.md``).
 """
@@ -55,6 +60,11 @@ __all__ = [
     "padding_shift",
     "run",
     "probe",
+    "value_jacobian_matrix",
+    "synthesizer_dense_matrix",
+    "ea_cross_jacobian",
+    "MadeTokenMLP",
+    "future_dependence",
     "prediction_agreement",
     "plot_scaling",
 ]
@@ -391,6 +401,136 @@ def probe(name: str, *, dim: int = 8, seq_len: int = 10, seed: int = 0) -> dict[
         padding = "leaks"
     return {"mixer": name, "longer_input": longer, "permutation_equivariant": equivariant, "causal": causal,
             "padding": padding, "complexity": cls.complexity}
+
+
+# --------------------------------------------------------------------------- independent checks
+
+
+def value_jacobian_matrix(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The token matrix read off ``forward`` by autograd, without calling ``token_matrix``.
+
+    For a Synthesizer (``O = W_o merge_h(A^h V^h) + b_o``, ``V = value(X)``) the
+    Jacobian of output token ``i`` with respect to value token ``j`` is
+    ``W_o blockdiag_h(A^h_ij I)``. A forward hook turns ``value``'s output into a
+    leaf; ``W_o^{-1} J_ij`` gives ``A^h_ij`` as the mean of head ``h``'s diagonal block.
+    Returns ``(A (batch, heads, n, n), residual)``: the largest entry of
+    ``J - W_o blockdiag(A I)``, zero when the output is linear in ``V`` through one
+    matrix per head.
+    """
+    b, n, d = x.shape
+    h = module.heads
+    leaf = {}
+
+    def hook(mod, inputs, out):
+        leaf["v"] = out.detach().requires_grad_(True)
+        return leaf["v"]
+
+    handle = module.value.register_forward_hook(hook)
+    try:
+        out = module(x)
+    finally:
+        handle.remove()
+    rows = []
+    for flat in range(b * n * d):
+        (g,) = torch.autograd.grad(out.reshape(-1)[flat], leaf["v"], retain_graph=True)
+        rows.append(g)
+    jac = torch.stack(rows).reshape(b, n, d, b, n, d)
+    jac = torch.stack([jac[k, :, :, k] for k in range(b)])  # (b, n_out, d_out, n_in, d_in)
+    w_inv = torch.linalg.inv(module.output.weight.to(x.dtype))
+    core = torch.einsum("po,bioje->bijpe", w_inv, jac)  # W_o^{-1} J_ij: block-diagonal (d, d)
+    dh = d // h
+    blocks = core.unflatten(-1, (h, dh)).unflatten(-3, (h, dh))  # (b, i, j, h, dh, h', dh')
+    a = torch.stack([blocks[..., k, :, k, :].diagonal(dim1=-2, dim2=-1).mean(-1) for k in range(h)], dim=1)
+    eye = torch.eye(dh, dtype=x.dtype)
+    rebuilt = torch.einsum("bhij,hk,pq->bijhpkq", a, torch.eye(h, dtype=x.dtype), eye).reshape(b, n, n, d, d)
+    residual = (core - rebuilt).abs().max().item()
+    return a, residual
+
+
+def synthesizer_dense_matrix(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Eq. ``ch05-synth-dense`` from the parameters alone: ``softmax(relu(x W_1 + b_1) W_2 + b_2)``.
+
+    Written with explicit products (no call to the module), for an unmasked input:
+    ``(batch, heads, n, n)``.
+    """
+    n = x.shape[1]
+    w1, b1 = module.hidden_layer.weight, module.hidden_layer.bias
+    w2, b2 = module.logit_layer.weight, module.logit_layer.bias
+    logits = torch.clamp(x @ w1.T + b1, min=0.0) @ w2.T + b2  # (b, n, h * L)
+    logits = logits.reshape(x.shape[0], n, module.heads, module.seq_len)[..., :n]
+    e = torch.exp(logits - logits.amax(-1, keepdim=True))
+    return (e / e.sum(-1, keepdim=True)).permute(0, 2, 1, 3)
+
+
+def ea_cross_jacobian(module: nn.Module, x: torch.Tensor, i: int, j: int) -> dict[str, torch.Tensor]:
+    """How External Attention (one head, double normalisation, no mask) couples tokens.
+
+    Output token ``i`` depends on the other tokens only through the ``S`` column
+    log-normalisers ``z_s = log sum_k exp(alpha~_ks)`` (Eq. ``ch05-ea``). Returns the
+    autograd Jacobian ``d O_i / d x_j`` of the module (``"direct"``, ``(d, d)``) and
+    the same Jacobian by the chain rule through ``z`` only
+    (``"through_z" = dO_i/dz . dz/dx_j``), both for one sample ``x`` of shape ``(n, d)``.
+    """
+    if module.heads != 1 or module.normalisation != "double":
+        raise ValueError("ea_cross_jacobian expects one head and normalisation='double'")
+    mk, mv = module.memory_key[0], module.memory_value[0]
+
+    def logits(xx):
+        return (xx @ module.query.weight.T + module.query.bias) @ mk.T  # (n, S) or (S,)
+
+    def out_i(xi, z):  # output token i from its own input and the column normalisers
+        hat = torch.exp(logits(xi) - z)
+        alpha = hat / (module.eps + hat.sum())
+        return alpha @ mv @ module.output.weight.T + module.output.bias
+
+    def z_of(xx):
+        return torch.logsumexp(logits(xx), dim=0)  # (S,)
+
+    direct = torch.autograd.functional.jacobian(lambda xj: module(_replace_row(x, j, xj)[None])[0, i], x[j])
+    z = z_of(x)
+    d_out_dz = torch.autograd.functional.jacobian(lambda zz: out_i(x[i], zz), z)  # (d, S)
+    d_z_dxj = torch.autograd.functional.jacobian(lambda xj: z_of(_replace_row(x, j, xj)), x[j])  # (S, d)
+    return {"direct": direct, "through_z": d_out_dz @ d_z_dxj, "d_out_dz": d_out_dz}
+
+
+def _replace_row(x: torch.Tensor, j: int, row: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x[:j], row[None], x[j + 1:]], dim=0)
+
+
+class MadeTokenMLP(nn.Module):
+    """A causal MLP-Mixer token MLP: MADE masks on ``W_1`` and ``W_2`` (Eq. ``ch05-made``).
+
+    Hidden unit ``k`` gets a degree ``m_k`` in ``1..L``; ``W_1`` keeps the entries with
+    input position ``j <= m_k``, ``W_2`` those with ``m_k <= i``, so output ``i`` reads
+    input ``j`` only through units with ``j <= m_k <= i``: never a later position.
+    ``masked=False`` drops the masks (the plain, non-causal token MLP).
+    """
+
+    def __init__(self, seq_len: int, hidden: int, *, masked: bool = True, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        degree = torch.randint(1, seq_len + 1, (hidden,), generator=g)
+        pos = torch.arange(1, seq_len + 1)
+        ones = torch.ones(hidden, seq_len)
+        self.register_buffer("mask1", (pos[None, :] <= degree[:, None]).float() if masked else ones)
+        self.register_buffer("mask2", (degree[None, :] <= pos[:, None]).float() if masked else ones.T)
+        self.w1 = nn.Parameter(torch.randn(hidden, seq_len) / seq_len**0.5)
+        self.b1 = nn.Parameter(torch.zeros(hidden))
+        self.w2 = nn.Parameter(torch.randn(seq_len, hidden) / hidden**0.5)
+        self.b2 = nn.Parameter(torch.zeros(seq_len))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch, L, dim) -> (batch, L, dim)``: ``W_2 GELU(W_1 X + b_1) + b_2`` with masked weights."""
+        h = F.gelu(torch.einsum("kj,bjc->bkc", self.w1 * self.mask1, x) + self.b1[:, None])
+        return torch.einsum("ik,bkc->bic", self.w2 * self.mask2, h) + self.b2[:, None]
+
+
+def future_dependence(module: nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    """Autograd Jacobian of ``module`` over tokens: ``(max |dO_i/dx_j|, j > i; same, j <= i)``."""
+    jac = torch.autograd.functional.jacobian(module, x[:1])[0, :, :, 0]  # (n, d, n, d)
+    per_pair = jac.abs().amax(dim=(1, 3))  # (n_out, n_in)
+    later = torch.ones_like(per_pair, dtype=torch.bool).triu(1)
+    return per_pair[later].max().item(), per_pair[~later].max().item()
 
 
 def prediction_agreement(a: list[list[int]], b: list[list[int]]) -> float:
