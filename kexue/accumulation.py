@@ -210,13 +210,9 @@ def _prepare(
         raise TypeError(f"micro_batch_size must be an int, got {type(micro_batch_size).__name__} {micro_batch_size!r}")
     if micro_batch_size < 1:
         raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
-    if lengths[0] % micro_batch_size:
-        raise ValueError(
-            f"micro_batch_size ({micro_batch_size}) must divide the batch size ({lengths[0]}) so that "
-            "every micro-batch has the same shape"
-        )
     check_no_batchnorm(encoder)
-    return inputs, lengths[0] // micro_batch_size
+    # a micro_batch_size that does not divide the batch leaves a smaller last micro-batch
+    return inputs, -(-lengths[0] // micro_batch_size)
 
 
 def _check_output(out: Any, rows: int) -> Tensor:
@@ -319,7 +315,9 @@ def contrastive_backward(
             documents); each is split along dim 0 into micro-batches of ``micro_batch_size``.
         loss_fn: ``loss_fn(*embeddings) -> scalar``, one full-batch embedding tensor per input.
             Parameters it uses (a learnable temperature) receive their gradient exactly once.
-        micro_batch_size: rows per micro-batch; must divide ``N``.
+        micro_batch_size: rows per micro-batch; if it does not divide ``N`` the last
+            micro-batch is smaller. The loss sees the whole batch at once, so a micro-batch
+            may split a SimCSE pair (rows ``2k``, ``2k+1``): no alignment is required.
         replay_rng: restore each micro-batch's RNG state in the second pass (keep ``True``;
             ``False`` exists to show what goes wrong without it).
 
@@ -383,7 +381,10 @@ def naive_accumulation_backward(encoder: nn.Module, inputs: Inputs, loss_fn: Los
 
     Accumulates :math:`\frac1n\sum_k \nabla_\theta\mathcal L(H_k)` (negatives only from the same
     micro-batch). This is a *different* objective from the full-batch loss; it is here to be
-    compared against :func:`contrastive_backward`. Returns the mean micro-batch loss.
+    compared against :func:`contrastive_backward`. Returns the mean micro-batch loss (each
+    micro-batch weighted ``1/n`` for ``n`` micro-batches, a smaller last one included). Here
+    ``loss_fn`` sees one micro-batch, so for SimCSE ``micro_batch_size`` must be even (a
+    micro-batch must not split a pair); :func:`kexue.losses.simcse_loss` raises otherwise.
 
     The biased estimate of eq. ``ch07-naive-eq``.
     """
@@ -405,9 +406,11 @@ def openclip_style_backward(
     Pass 1 caches all embeddings without a graph. Then, for each micro-batch ``k``, it
     re-encodes ``k`` with a graph, splices it into the cached embeddings, evaluates the
     **full** loss and calls ``backward``. Encoder gradients come out exact (each pass
-    contributes ``J_k^T dL/dH_k``), but a parameter inside the loss (``logit_scale``)
-    receives ``dL/d(scale)`` once per micro-batch: ``n`` times too much. open_clip does not
-    replay the RNG (``replay_rng=False``), so it is exact only for deterministic encoders.
+    contributes ``J_k^T dL/dH_k``) only if the re-encoding reproduces the cache: dropout
+    off, or ``replay_rng=True``, which open_clip itself does not do (its default here is
+    ``False``, as shipped). Either way a parameter inside the loss (``logit_scale``)
+    receives ``dL/d(scale)`` once per micro-batch: ``n`` times too much. A micro-batch
+    size that does not divide the batch leaves a smaller last micro-batch.
     """
     inputs, _ = _prepare(encoder, inputs, micro_batch_size, loss_fn, replay_rng)
     devices = _rng_devices(encoder, inputs)

@@ -18,6 +18,7 @@ from kexue.experiments.ch07_accumulation import (
     AccumulationConfig,
     activation_peak,
     build_check_model,
+    misscaled_gradient_updates,
     pair_rows,
     run,
     run_distributed_check,
@@ -98,6 +99,26 @@ def test_helpers_pair_score_and_measure():
     enc = SentenceEncoder(model.encoder)
     peak = activation_peak(contrastive_backward, enc, pair_rows(tok, SENTENCES[:8], 12), simcse_loss, 4)
     assert peak > 0 and all(p.grad is None for p in enc.parameters())
+
+
+def test_misscaled_gradient_hurts_sgd_and_clipping_not_adam():
+    rows = {(r["optimizer"], r["clip"]): r for r in misscaled_gradient_updates(3.0)}
+    adam, sgd, sgd_clip = rows["Adam", False], rows["SGD", False], rows["SGD", True]
+    assert abs(adam["scale_update"] - 1) < 1e-6 and adam["others_update"] == 1
+    assert abs(sgd["scale_update"] - 3) < 1e-12 and sgd["others_update"] == 1
+    assert sgd_clip["others_update"] < 0.95  # clipping passes the harm to the other parameters
+    assert all(r["logged_norm"] > 1.05 for r in rows.values())
+    # k = 1 changes nothing: the ratios above measure the factor, not the replay
+    assert all(abs(v - 1) < 1e-12 for r in misscaled_gradient_updates(1.0)
+               for v in (r["scale_update"], r["others_update"], r["logged_norm"]))
+    # a large eps removes Adam's scale invariance, so the Adam check can fail
+    import unittest.mock
+
+    real_adam = torch.optim.Adam
+    adam_eps = lambda params, lr: real_adam(params, lr=lr, eps=10.0)  # noqa: E731
+    with unittest.mock.patch.object(torch.optim, "Adam", adam_eps):
+        broken = misscaled_gradient_updates(3.0)[0]
+    assert abs(broken["scale_update"] - 1) > 0.5
 
 
 def test_distributed_check_refuses_bad_specs():

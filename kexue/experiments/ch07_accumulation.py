@@ -7,6 +7,9 @@
   "Experiment: SimCSE with a large batch").
 * :func:`activation_peak` and :func:`plot_memory`: the memory curve of section
   "Cost and memory".
+* :func:`misscaled_gradient_updates`: what a gradient ``k`` times too large on one
+  parameter does to Adam, SGD, gradient clipping and the logged norm (section "A
+  parameter inside the loss").
 * :func:`run_distributed_check`: the two-process gloo check of section "Many
   processes", with :func:`spawn_gloo`, a small harness for CPU process groups.
 
@@ -58,6 +61,7 @@ __all__ = [
     "pair_rows",
     "sts_score",
     "activation_peak",
+    "misscaled_gradient_updates",
     "plot_memory",
     "plot_losses",
     "spawn_gloo",
@@ -203,6 +207,50 @@ def activation_peak(
         method(encoder, inputs, loss_fn, micro_batch_size)
     encoder.zero_grad(set_to_none=True)
     return meter.peak
+
+
+def misscaled_gradient_updates(
+    k: float, *, steps: int = 5, lr: float = 1e-2, clip_norm: float = 1.0, others: int = 32, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Replay ``steps`` fixed float64 gradients for a scalar ``scale`` and ``others`` other
+    parameters, once as they are and once with the scale's gradient times ``k``.
+
+    One row per optimiser (Adam, SGD; each without and with ``clip_grad_norm_``):
+    ``scale_update`` = scale's displacement with ``k`` / without, ``others_update`` =
+    ``|displacement of the others with k| / |without|``, ``logged_norm`` = mean
+    pre-clipping gradient norm with ``k`` / without. Adam divides each coordinate by the
+    root of its own second moment, so a constant factor on one parameter cancels up to
+    its ``eps``; SGD moves that parameter ``k`` times as far; clipping by the global norm
+    lets the inflated gradient shrink every other parameter's step.
+    """
+    k = checks.positive_float("k", k)
+    checks.positive_int("steps", steps)
+    gen = torch.Generator().manual_seed(checks.nonnegative_int("seed", seed))
+    grads = [(torch.randn(1, generator=gen, dtype=torch.float64),
+              torch.randn(checks.positive_int("others", others), generator=gen, dtype=torch.float64))
+             for _ in range(steps)]
+
+    def replay(optimizer: str, factor: float, clip: bool) -> tuple[Tensor, Tensor, float]:
+        scale = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        rest = torch.zeros(others, dtype=torch.float64, requires_grad=True)
+        opt = (torch.optim.Adam if optimizer == "Adam" else torch.optim.SGD)([scale, rest], lr=lr)
+        norms = []
+        for g_scale, g_rest in grads:
+            scale.grad, rest.grad = factor * g_scale, g_rest.clone()
+            norms.append(float(torch.cat([scale.grad, rest.grad]).norm()))
+            if clip:
+                torch.nn.utils.clip_grad_norm_([scale, rest], clip_norm)
+            opt.step()
+        return scale.detach(), rest.detach(), sum(norms) / len(norms)
+
+    rows = []
+    for optimizer in ("Adam", "SGD"):
+        for clip in (False, True):
+            s1, r1, n1 = replay(optimizer, 1.0, clip)
+            sk, rk, nk = replay(optimizer, k, clip)
+            rows.append(dict(optimizer=optimizer, clip=clip, scale_update=float(sk / s1),
+                             others_update=float(rk.norm() / r1.norm()), logged_norm=nk / n1))
+    return rows
 
 
 def plot_memory(batches: Sequence[int], curves: dict[str, Sequence[float]], micro_batch: int):
