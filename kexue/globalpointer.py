@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -36,7 +37,7 @@ __all__ = [
     "mcce_reference", "global_pointer_loss", "decode_spans", "decode_spans_reference",
     "global_pointer_reference", "efficient_global_pointer_reference", "gp_param_count",
     "egp_param_count", "crf_param_count", "LinearChainCRF", "crf_brute_force", "CrfTagger",
-    "spans_to_bio", "bio_to_spans", "span_targets",
+    "spans_to_bio", "bio_to_spans", "span_targets", "span_indices",
 ]
 
 
@@ -44,31 +45,81 @@ __all__ = [
 # masking
 # ---------------------------------------------------------------------------
 
-def _check_hidden_mask(hidden: torch.Tensor, mask: torch.Tensor, hidden_size: int) -> None:
-    if not isinstance(hidden, torch.Tensor) or not hidden.is_floating_point():
-        raise TypeError("hidden must be a floating-point tensor of shape (batch, seq, hidden_size)")
-    if hidden.dim() != 3 or hidden.shape[-1] != hidden_size:
-        raise ValueError(f"hidden must have shape (batch, seq, {hidden_size}), got {tuple(hidden.shape)}")
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        raise TypeError("mask must be a bool tensor of shape (batch, seq), True on real tokens")
-    if mask.shape != hidden.shape[:2]:
-        raise ValueError(f"mask must have shape {tuple(hidden.shape[:2])}, got {tuple(mask.shape)}")
+def _span_logits_arg(logits: object) -> torch.Tensor:
+    """``logits`` as a floating ``(batch, types, n, n)`` tensor; errors name the argument."""
+    checks.floating_tensor("logits", logits, dim=4)
+    if logits.shape[-1] != logits.shape[-2]:
+        raise ValueError(f"logits must have shape (batch, types, n, n), got {tuple(logits.shape)}")
+    return logits
 
 
-def mask_span_logits(logits: torch.Tensor, mask: torch.Tensor, tril: bool = True) -> torch.Tensor:
+def _invalid_cells(mask: torch.Tensor, tril: bool) -> torch.Tensor:
+    """``(B, 1, n, n)`` bool, True on the cells that are not candidates of eq. (ch02-count).
+
+    A cell ``(i, j)`` is a candidate iff ``mask[i]`` and ``mask[j]`` (row AND
+    column, so left padding is handled too) and ``i <= j`` (when ``tril``).
+    Built once per batch from the ``(B, n)`` mask; broadcast over the types.
+    """
+    valid = mask[:, :, None] & mask[:, None, :]
+    if tril:
+        valid = valid.triu_()
+    return valid.logical_not_()[:, None]
+
+
+def mask_span_logits(logits: torch.Tensor, mask: torch.Tensor | None, tril: bool = True) -> torch.Tensor:
     """Set impossible cells of ``(batch, types, n, n)`` logits to ``finfo(dtype).min``.
 
     What survives is the candidate set of eq. (ch02-count): a cell ``(i, j)``
     is kept iff both ``i`` and ``j`` are real tokens (row AND column axis, so
     left padding is handled too) and ``i <= j`` (when ``tril``).
     ``finfo.min`` rather than ``-1e12`` keeps fp16/bf16 finite (``-1e12``
-    overflows to ``-inf`` in fp16).
+    overflows to ``-inf`` in fp16). ``mask`` follows the package's token-mask
+    contract (:func:`kexue.checks.token_mask`: bool or 0/1, True on real
+    tokens, moved to the logits' device; None = no padding). Out of place.
     """
-    n = logits.shape[-1]
-    valid = mask[:, None, :, None] & mask[:, None, None, :]
-    if tril:
-        valid = valid & torch.ones(n, n, dtype=torch.bool, device=logits.device).triu()
-    return logits.masked_fill(~valid, torch.finfo(logits.dtype).min)
+    logits = _span_logits_arg(logits)
+    checks.boolean("tril", tril)
+    mask = _span_mask(mask, logits.shape[0], logits.shape[-1], logits.device)
+    return logits.masked_fill(_invalid_cells(mask, tril), torch.finfo(logits.dtype).min)
+
+
+def _span_mask(mask: object, batch: int, n: int, device: torch.device) -> torch.Tensor:
+    """The token-mask contract for the span heads; None becomes all True. Empty rows are allowed
+    (a text with no real token has no candidate span)."""
+    if mask is None:
+        return torch.ones(batch, n, dtype=torch.bool, device=device)
+    return checks.token_mask("mask", mask, batch, n, device, allow_empty_rows=True)
+
+
+class _FillInvalid(torch.autograd.Function):
+    """In place: the cells of ``scores`` (``(B·m, n, n)`` or ``(B, m, n, n)``) where ``invalid``
+    (``(B, 1, n, n)``) is True become ``finfo(dtype).min``. The gradient is the incoming one with
+    those cells set to 0, in one ``torch.where`` pass (autograd's ``masked_fill`` clones, then fills)."""
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, invalid: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.mark_dirty(scores)
+        ctx.save_for_backward(invalid)
+        b, n = invalid.shape[0], invalid.shape[-1]
+        scores.view(b, -1, n, n).masked_fill_(invalid, torch.finfo(scores.dtype).min)
+        return scores
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (invalid,) = ctx.saved_tensors
+        b, n = invalid.shape[0], invalid.shape[-1]
+        return torch.where(invalid, 0, grad.view(b, -1, n, n)).view(grad.shape), None
+
+
+def _sequence_arg(name: str, x: object, width: int, module: nn.Module) -> torch.Tensor:
+    """``x`` as a non-empty floating ``(batch, seq, width)`` tensor of ``module``'s dtype and device."""
+    checks.floating_tensor(name, x, dim=3)
+    if x.shape[-1] != width:
+        raise ValueError(f"{name} must have shape (batch, seq, {width}), got {tuple(x.shape)}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} must hold at least one sequence of at least one step, got shape {tuple(x.shape)}")
+    return checks.matches_module(name, x, module)
 
 
 # ---------------------------------------------------------------------------
@@ -82,10 +133,30 @@ class _SpanHead(nn.Module):
         super().__init__()
         for name, v in (("hidden_size", hidden_size), ("num_types", num_types), ("head_size", head_size)):
             checks.positive_int(name, v)
+        checks.boolean("rope", rope)
         if rope and head_size % 2:
             raise ValueError(f"head_size must be even when rope=True, got {head_size}")
         self.hidden_size, self.num_types, self.head_size = hidden_size, num_types, head_size
-        self.rope, self.rope_base = bool(rope), rope_base
+        self.rope, self.rope_base = rope, checks.positive_float("rope_base", rope_base)
+
+    def _inputs(self, hidden: object, mask: object) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked ``hidden (B, n, D)`` and the bool ``(B, n)`` mask on its device."""
+        hidden = _sequence_arg("hidden", hidden, self.hidden_size, self)
+        return hidden, _span_mask(mask, hidden.shape[0], hidden.shape[1], hidden.device)
+
+    def _rotate(self, x: torch.Tensor) -> torch.Tensor:
+        """RoPE over the second-to-last (sequence) axis with the element-wise fast path of :mod:`kexue.rope`."""
+        if not self.rope:
+            return x
+        return apply_rope(x, torch.arange(x.shape[-2], device=x.device), self.rope_base)
+
+
+def _scaled_scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale · q kᵀ`` as ``(N, n, n)``, the leading axes of ``q`` and ``k`` flattened into ``N``:
+    one batched matmul with the scale folded into it (no pass over the scores)."""
+    q3, k3 = q.reshape(-1, *q.shape[-2:]), k.reshape(-1, *k.shape[-2:])
+    zero = q3.new_zeros(1, 1, 1)  # ignored (beta=0)
+    return torch.baddbmm(zero, q3, k3.transpose(-1, -2), beta=0, alpha=scale)
 
 
 class GlobalPointer(_SpanHead):
@@ -101,17 +172,17 @@ class GlobalPointer(_SpanHead):
         super().__init__(hidden_size, num_types, head_size, rope, rope_base)
         self.dense = nn.Linear(hidden_size, num_types * head_size * 2)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``hidden (B, n, D)``, bool ``mask (B, n)`` → masked logits ``(B, m, n, n)``."""
-        _check_hidden_mask(hidden, mask, self.hidden_size)
-        b, n, _ = hidden.shape
-        qk = self.dense(hidden).view(b, n, self.num_types, 2, self.head_size).transpose(1, 2)
-        q, k = qk[..., 0, :], qk[..., 1, :]  # (B, m, n, d)
-        if self.rope:
-            pos = torch.arange(n, device=hidden.device)
-            q, k = apply_rope(q, pos, self.rope_base), apply_rope(k, pos, self.rope_base)
-        logits = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_size)
-        return mask_span_logits(logits, mask)
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``hidden (B, n, D)``, token ``mask (B, n)`` (None: no padding) → masked logits ``(B, m, n, n)``."""
+        hidden, mask = self._inputs(hidden, mask)
+        (b, n), m, d = mask.shape, self.num_types, self.head_size
+        # every type's q and k from one projection, as a (B, m, 2, n, d) view; RoPE in one pass
+        qk = self._rotate(self.dense(hidden).unflatten(-1, (m, 2, d)).permute(0, 2, 3, 1, 4))
+        q, k = qk.unbind(2)
+        logits = _scaled_scores(q, k, d ** -0.5)  # (B·m, n, n): every type in one batched matmul
+        # the mask is built once per batch and applied in place to the matmul's own output
+        # (in place on a view of it would make autograd copy the grid in the backward pass)
+        return _FillInvalid.apply(logits, _invalid_cells(mask, tril=True)).view(b, m, n, n)
 
 
 class EfficientGlobalPointer(_SpanHead):
@@ -129,18 +200,16 @@ class EfficientGlobalPointer(_SpanHead):
         self.p_dense = nn.Linear(hidden_size, 2 * head_size)
         self.q_dense = nn.Linear(2 * head_size, 2 * num_types)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``hidden (B, n, D)``, bool ``mask (B, n)`` → masked logits ``(B, m, n, n)``."""
-        _check_hidden_mask(hidden, mask, self.hidden_size)
-        x = self.p_dense(hidden)  # (B, n, 2d)
-        q, k = x[..., ::2], x[..., 1::2]
-        if self.rope:
-            pos = torch.arange(x.shape[1], device=x.device)
-            q, k = apply_rope(q, pos, self.rope_base), apply_rope(k, pos, self.rope_base)
-        shared = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_size)  # (B, n, n)
-        bias = self.q_dense(x).transpose(1, 2) / 2  # (B, 2m, n)
-        logits = shared[:, None] + bias[:, ::2, None, :] + bias[:, 1::2, :, None]
-        return mask_span_logits(logits, mask)
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``hidden (B, n, D)``, token ``mask (B, n)`` (None: no padding) → masked logits ``(B, m, n, n)``."""
+        hidden, mask = self._inputs(hidden, mask)
+        d = self.head_size
+        x = self.p_dense(hidden)  # (B, n, 2d), q and k interleaved
+        q, k = self._rotate(x.unflatten(-1, (d, 2)).permute(0, 3, 1, 2)).unbind(1)  # (B, n, d) each
+        shared = _scaled_scores(q, k, d ** -0.5)  # (B, n, n)
+        bias = (self.q_dense(x) / 2).transpose(1, 2)  # (B, 2m, n): start (odd) and end (even) biases
+        logits = (bias[:, 1::2, :, None] + bias[:, ::2, None, :]).add_(shared[:, None])
+        return _FillInvalid.apply(logits, _invalid_cells(mask, tril=True))
 
 
 # ---------------------------------------------------------------------------
@@ -150,6 +219,7 @@ class EfficientGlobalPointer(_SpanHead):
 def global_pointer_reference(hidden: torch.Tensor, mask: torch.Tensor, head: GlobalPointer) -> torch.Tensor:
     """Eq. (ch02-score) written out: explicit RoPE matrices, per-type affine maps, explicit masks."""
     b, n, _ = hidden.shape
+    mask = _span_mask(mask, b, n, hidden.device)
     m, d = head.num_types, head.head_size
     w = head.dense.weight.view(m, 2, d, -1)
     bias = head.dense.bias.view(m, 2, d)
@@ -233,24 +303,46 @@ def _log1p_sum_exp(x: torch.Tensor) -> torch.Tensor:
     return m[..., 0] + torch.log(total)
 
 
+def _multi_hot(targets: object, logits: torch.Tensor) -> torch.Tensor:
+    """``targets`` (bool or 0/1 of ``logits``' shape) as a bool tensor; errors name the argument."""
+    checks.tensor("targets", targets)
+    if targets.shape != logits.shape:
+        raise ValueError(f"targets must be a tensor of logits' shape {tuple(logits.shape)}, got {tuple(targets.shape)}")
+    if targets.dtype == torch.bool:
+        return targets.to(logits.device)
+    pos = targets != 0
+    if targets.numel() and not bool((pos == (targets == 1)).all()):
+        raise ValueError("targets must be 0/1 (multi-hot)")
+    return pos.to(logits.device)
+
+
+def _refuse_masked_positives(masked: torch.Tensor, where: str = "index") -> None:
+    """A positive on a masked cell (``finfo.min`` or ``-inf``) makes the loss about ``1e38`` in
+    float32 and NaN in float16: refuse it. ``masked`` is True at such positives."""
+    if bool(masked.any()):
+        first = masked.nonzero()[0].tolist()
+        _masked_positive_error(int(masked.sum()), f"{where} {first}")
+
+
+def _masked_positive_error(count: int, first: str) -> None:
+    raise ValueError(
+        f"targets mark {count} masked cell(s) as positive (first: {first}); a positive must be a "
+        "candidate span (both ends real tokens, start <= end): drop such spans before building the "
+        "targets (span_targets(..., mask=mask) refuses them)"
+    )
+
+
 def multilabel_categorical_crossentropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``log(1 + Σ_neg e^{s}) + log(1 + Σ_pos e^{-s})`` over the last axis: eq. (ch02-loss), right-hand side.
 
     ``logits (..., C)``; ``targets`` 0/1 of the same shape. Returns ``(...)`` in
     ``logits``' dtype; computed in at least float32. Masked cells (``finfo.min``
-    or ``-inf``) must be negatives; they contribute exactly 0.
+    or ``-inf``) must be negatives (a positive there is refused); they
+    contribute exactly 0.
     """
-    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
-        raise TypeError("logits must be a floating-point tensor of shape (..., C)")
-    if not isinstance(targets, torch.Tensor) or targets.shape != logits.shape:
-        raise ValueError(f"targets must be a tensor of logits' shape {tuple(logits.shape)}, "
-                         f"got {getattr(targets, 'shape', type(targets))}")
-    if targets.dtype == torch.bool:
-        pos = targets
-    else:
-        pos = targets != 0
-        if not bool((pos == (targets == 1)).all()):
-            raise ValueError("targets must be 0/1 (multi-hot)")
+    checks.floating_tensor("logits", logits)
+    pos = _multi_hot(targets, logits)
+    _refuse_masked_positives(pos & (logits <= torch.finfo(logits.dtype).min))
     s = logits.to(_loss_dtype(logits.dtype))
     # excluded cells get the most negative finite value (not -inf, whose
     # logsumexp over an empty set has a NaN gradient)
@@ -274,38 +366,177 @@ def mcce_reference(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.log(1 + pairs + neg.sum(-1) + pos.sum(-1))
 
 
+def _positive_indices(name: str, positives: object, logits: torch.Tensor) -> torch.Tensor:
+    """Checked int64 ``(..., K)`` indices into ``logits``' last axis, ``-1`` padding, no duplicate."""
+    checks.tensor(name, positives)
+    if positives.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must be an int64 tensor of indices (..., K), padded with -1, got {positives.dtype}")
+    if positives.shape[:-1] != logits.shape[:-1]:
+        raise ValueError(f"{name} must have shape {tuple(logits.shape[:-1])} + (K,), got {tuple(positives.shape)}")
+    positives = positives.to(device=logits.device, dtype=torch.int64)
+    if positives.numel():
+        if int(positives.max()) >= logits.shape[-1] or int(positives.min()) < -1:
+            raise ValueError(f"{name} must lie in [0, {logits.shape[-1]}) or be -1 (padding)")
+        ordered = positives.sort(-1).values
+        dup = (ordered[..., 1:] == ordered[..., :-1]) & (ordered[..., 1:] >= 0)
+        if bool(dup.any()):
+            row = dup.any(-1).nonzero()[0].tolist()
+            raise ValueError(f"{name} must not repeat an index (row {row} does): a positive counts once, "
+                             "so deduplicate (e.g. with torch.unique) before calling")
+    return positives
+
+
 def sparse_multilabel_categorical_crossentropy(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     """The same loss from positive indices only, eq. (ch02-sparse): ``a + log(1 - e^{b - a})``.
 
     ``logits (..., C)``; ``positives (..., K)`` int64 indices into the last
-    axis, padded with ``-1``; indices must be distinct. ``a = log(1 + Σ_all e^s)``,
-    ``b = log Σ_pos e^s``. Returns ``(...)``.
+    axis, padded with ``-1``; indices must be distinct (a repeated index is
+    refused: it would count its cell twice in ``b``). ``a = log(1 + Σ_all e^s)``,
+    ``b = log Σ_pos e^s``. Returns ``(...)``. Where the positives hold over
+    90% of ``e^a`` the subtraction would cancel (in float32 a positive 100
+    above the negatives erases them from ``a``), so those rows sum the
+    negatives directly.
     """
-    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
-        raise TypeError("logits must be a floating-point tensor of shape (..., C)")
-    if not isinstance(positives, torch.Tensor) or positives.dtype not in (torch.int64, torch.int32):
-        raise TypeError("positives must be an int64 tensor of indices (..., K), padded with -1")
-    if positives.shape[:-1] != logits.shape[:-1]:
-        raise ValueError(f"positives must have shape {tuple(logits.shape[:-1])} + (K,), got {tuple(positives.shape)}")
-    if positives.numel() and (int(positives.max()) >= logits.shape[-1] or int(positives.min()) < -1):
-        raise ValueError(f"positives must lie in [0, {logits.shape[-1]}) or be -1 (padding)")
+    checks.floating_tensor("logits", logits)
+    positives = _positive_indices("positives", positives, logits)
     s = logits.to(_loss_dtype(logits.dtype))
     valid = positives >= 0
-    sp = s.gather(-1, positives.clamp_min(0).long())
+    sp = s.gather(-1, positives.clamp_min(0))
+    _refuse_masked_positives(valid & (sp <= torch.finfo(logits.dtype).min), "positives index")
     pos_term = _log1p_sum_exp((-sp).masked_fill(~valid, torch.finfo(s.dtype).min))
     a = _log1p_sum_exp(s)
     # e^{b - a} = Σ_pos e^{s - a}, summed with a 0/1 mask (a logsumexp over an
     # empty positive set would give a NaN gradient)
     ratio = (torch.exp(sp - a[..., None]) * valid).sum(-1)
     neg_term = a + torch.log1p(-ratio.clamp(max=1 - torch.finfo(s.dtype).eps))
+    # where the positives hold most of the mass, 1 - e^{b - a} cancels (in float32 the negatives
+    # can vanish from a entirely): those rows sum the negatives directly, positives set to min
+    close = ratio > 0.9
+    if bool(close.any()):
+        c = s.shape[-1]
+        ext = torch.cat([s, s.new_zeros(*s.shape[:-1], 1)], -1)  # column c absorbs the -1 padding
+        direct = _log1p_sum_exp(ext.scatter(-1, positives.masked_fill(~valid, c), torch.finfo(s.dtype).min)[..., :c])
+        neg_term = torch.where(close, direct, neg_term)
     return (neg_term + pos_term).to(logits.dtype)
 
 
-def global_pointer_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Eq. (ch02-loss) averaged over (sample, type) rows: flatten ``(B, m, n, n)`` to ``(B·m, n²)``."""
-    if logits.dim() != 4:
-        raise ValueError(f"logits must have shape (batch, types, n, n), got {tuple(logits.shape)}")
-    return multilabel_categorical_crossentropy(logits.flatten(2), targets.flatten(2)).mean()
+class _RowMCCE(torch.autograd.Function):
+    """Eq. (ch02-loss), right-hand side, per row of ``scores (R, C)`` from the positives' column indices.
+
+    The fused training loss. Forward: one maximum and one exponent pass over
+    the ``C`` cells into a buffer, which the backward pass scales into the
+    gradient of eq. (ch02-grad); the ``K`` positives are handled apart.
+    Exact: the positives are removed from the negative sum (their buffer
+    entries set to 0), not subtracted from it, so nothing cancels. The shift
+    is ``max(0, row maximum)``; where a positive is that maximum and lies so
+    far above 0 that the exponent floor could swamp the negatives, the row
+    is shifted by its largest negative instead (found on a copy of those rows
+    only). Reference: :func:`mcce_reference`.
+    """
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        cdtype = _loss_dtype(scores.dtype)
+        # exponents are floored where exp is still a normal number: below that, exp takes a slow path
+        # (masked cells are finfo.min); a floored cell adds e^floor, below every eps of the sum
+        floor = -700.0 if cdtype == torch.float64 else -80.0
+        valid = positives >= 0
+        rows, slots = valid.nonzero(as_tuple=True)
+        cols = positives[rows, slots]
+        sp = scores.gather(1, positives.clamp_min(0)).to(cdtype)  # (R, K)
+        top = scores.amax(1).to(cdtype)
+        shift = top.clamp_min(0)
+        limit = math.log(torch.finfo(cdtype).eps) - 2 - floor - math.log(scores.shape[1])
+        far = (sp.masked_fill(~valid, -math.inf).amax(1) >= top) & (top > limit)
+        if bool(far.any()):
+            r = far.nonzero()[:, 0]
+            at = torch.full_like(far, -1, dtype=torch.int64)
+            at[r] = torch.arange(len(r), device=r.device)
+            neg = scores[r].to(cdtype)
+            keep = far[rows]
+            neg[at[rows[keep]], cols[keep]] = -math.inf
+            shift[r] = neg.amax(1).clamp_min(0)
+        # the buffer: float32/64, or bf16 for bf16 scores (same exponent range; the sums are float32)
+        buf = torch.bfloat16 if scores.dtype == torch.bfloat16 else cdtype
+        e = torch.sub(scores, shift[:, None], out=torch.empty_like(scores, dtype=buf))
+        e.clamp_min_(floor).exp_()
+        e[rows, cols] = 0  # the positives leave the negative sum
+        neg = e.sum(1, dtype=cdtype)  # Σ_neg e^{s - shift}
+        # the positives' term log(1 + Σ_pos e^{-s}) on the K gathered scores
+        p_shift = (-sp).masked_fill(~valid, -math.inf).amax(1).clamp_min(0)
+        ep = torch.exp((-sp - p_shift[:, None]).clamp_min(floor)).masked_fill(~valid, 0)
+        pos = ep.sum(1)  # Σ_pos e^{-s - p_shift}
+        ctx.save_for_backward(e, ep, torch.exp(-shift) + neg, torch.exp(-p_shift) + pos, rows, slots, cols)
+        ctx.out_dtype = scores.dtype
+        # log(1 + e^{shift} Σ) as logaddexp(0, ·): no cancellation when the sum is small
+        zero = neg.new_zeros(())
+        loss = torch.logaddexp(zero, shift + neg.log()) + torch.logaddexp(zero, p_shift + pos.log())
+        return loss.to(scores.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        e, ep, z_neg, z_pos, rows, slots, cols = ctx.saved_tensors  # z: Z_± · e^{-shift}
+        g = grad.to(z_neg.dtype)
+        # ∂/∂s_c = e^{s_c}/Z_- on the negatives, -e^{-s_c}/Z_+ on the positives: eq. (ch02-grad)
+        out = e * (g / z_neg).to(e.dtype)[:, None]
+        out[rows, cols] = -(ep * (g / z_pos)[:, None])[rows, slots].to(e.dtype)
+        return out.to(ctx.out_dtype), None
+
+
+def _pack(rows: torch.Tensor, cols: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """``(num_rows, K >= 1)`` int64: each row's ``cols`` side by side, ``-1`` padding (``rows`` ascending)."""
+    counts = torch.bincount(rows, minlength=num_rows)
+    width = max(1, int(counts.max()) if rows.numel() else 0)
+    rank = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]
+    out = torch.full((num_rows, width), -1, dtype=torch.int64, device=rows.device)
+    out[rows, rank] = cols
+    return out
+
+
+def global_pointer_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. (ch02-loss) averaged over the (sample, type) rows of ``(B, m, n, n)`` logits.
+
+    ``targets``: dense 0/1 of the logits' shape (:func:`span_targets`) or the
+    positives' flat cell indices ``i·n + j``, int64 ``(B, m, K)`` padded with
+    ``-1`` (:func:`span_indices`, which skips the dense tensor). A positive on
+    a masked cell (padding, ``j < i``, or ``mask`` False at either end when
+    ``mask`` is given) is refused with a ``ValueError``. Computed by the fused
+    loss :class:`_RowMCCE` (checked against :func:`mcce_reference`); returns
+    a scalar in the logits' dtype.
+    """
+    logits = _span_logits_arg(logits)
+    b, m, n, _ = logits.shape
+    if logits.numel() == 0:
+        raise ValueError(f"logits must hold at least one sample, type and token, got shape {tuple(logits.shape)}")
+    flat = logits.reshape(b * m, n * n)
+    checks.tensor("targets", targets)
+    if targets.dim() == 3 and targets.shape[:2] == (b, m) and not targets.is_floating_point():
+        positives = _positive_indices("targets", targets.reshape(b * m, targets.shape[-1]), flat)
+        if positives.shape[1] == 0:
+            positives = positives.new_full((b * m, 1), -1)
+    else:
+        if targets.shape != logits.shape:
+            raise ValueError(f"targets must be 0/1 of logits' shape {tuple(logits.shape)} or int64 span "
+                             f"indices of shape ({b}, {m}, K), got {targets.dtype} {tuple(targets.shape)}")
+        dense = targets.to(logits.device).reshape(b * m, n * n)
+        rows, cols = dense.nonzero(as_tuple=True)  # one pass; the values are checked on the nonzeros only
+        if dense.dtype != torch.bool and not bool((dense[rows, cols] == 1).all()):
+            raise ValueError("targets must be 0/1 (multi-hot)")
+        positives = _pack(rows, cols, b * m)
+    valid = positives >= 0
+    cells = positives.clamp_min(0)
+    bad = valid & (flat.gather(1, cells) <= torch.finfo(logits.dtype).min)
+    if mask is not None:
+        mask = checks.token_mask("mask", mask, b, n, logits.device, allow_empty_rows=True)
+        i, j = cells.div(n, rounding_mode="floor"), cells.remainder(n)
+        row_mask = mask.repeat_interleave(m, 0)
+        bad |= valid & ~(row_mask.gather(1, i) & row_mask.gather(1, j) & (i <= j))
+    if bool(bad.any()):
+        r, slot = bad.nonzero()[0].tolist()
+        c = int(positives[r, slot])
+        _masked_positive_error(int(bad.sum()), f"sample {r // m}, type {r % m}, start {c // n}, end {c % n}")
+    return _RowMCCE.apply(flat, positives).mean()
 
 
 # ---------------------------------------------------------------------------
@@ -320,8 +551,9 @@ def decode_spans(logits: torch.Tensor, threshold: float = 0.0) -> list[set[tuple
     thresholded. Nested and overlapping spans are all
     kept. Impossible cells must already be masked (the heads do it).
     """
-    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.dim() != 4:
-        raise ValueError("logits must be a floating-point tensor of shape (batch, types, n, n)")
+    logits = _span_logits_arg(logits)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(f"threshold must be a real number, got {type(threshold).__name__}")
     rows = (logits.amax(-1) > threshold).nonzero()  # (R, 3): sample, type, start
     out: list[set[tuple[int, int, int]]] = [set() for _ in range(logits.shape[0])]
     if len(rows) == 0:
@@ -344,15 +576,70 @@ def decode_spans_reference(logits: torch.Tensor, threshold: float = 0.0) -> list
     return out
 
 
+def _span_rows(spans: object, num_types: int, n: int, mask: object) -> list[tuple[int, int, int, int]]:
+    """``(sample, type, start, end)`` of every span, each checked: a type in ``[0, num_types)``,
+    ``0 <= start <= end < n``, and with ``mask`` both ends real tokens."""
+    checks.positive_int("num_types", num_types)
+    checks.positive_int("n", n)
+    if isinstance(spans, (torch.Tensor, str)) or not isinstance(spans, Sequence):
+        raise TypeError("spans must be a sequence with one sequence of (type, start, end) triples per sample, "
+                        f"got {type(spans).__name__}")
+    if mask is not None:
+        mask = checks.token_mask("mask", mask, len(spans), n, allow_empty_rows=True).cpu()
+    out = []
+    for b, row in enumerate(spans):
+        if isinstance(row, (torch.Tensor, str)) or not isinstance(row, (Sequence, set, frozenset)):
+            raise TypeError(f"spans[{b}] must be a sequence of (type, start, end) triples, got {type(row).__name__}")
+        for span in row:
+            try:
+                if len(span) != 3 or any(isinstance(v, bool) for v in span):
+                    raise TypeError
+                t, i, j = (operator.index(v) for v in span)
+            except TypeError:
+                raise ValueError(f"spans[{b}] holds {span!r}; each span must be (type, start, end) of ints") from None
+            if not 0 <= t < num_types:
+                raise ValueError(f"spans[{b}] holds {span!r}: type must lie in [0, num_types={num_types})")
+            if not 0 <= i <= j < n:
+                raise ValueError(f"spans[{b}] holds {span!r}: need 0 <= start <= end < n={n} "
+                                 "(end inclusive)")
+            if mask is not None and not (mask[b, i] and mask[b, j]):
+                raise ValueError(f"spans[{b}] holds {span!r}, which starts or ends on a masked token")
+            out.append((b, t, i, j))
+    return out
+
+
 def span_targets(spans: Sequence[Sequence[tuple[int, int, int]]], num_types: int, n: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> torch.Tensor:
-    """Dense 0/1 targets ``(B, m, n, n)`` from per-sample ``(type, start, end)`` lists."""
+                 dtype: torch.dtype = torch.float32, device: torch.device | None = None,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Dense 0/1 targets ``(B, m, n, n)`` from per-sample ``(type, start, end)`` lists.
+
+    Every span is checked (``ValueError`` naming it): type in ``[0, num_types)``,
+    ``0 <= start <= end < n``, and, when the token ``mask`` is given, both ends
+    on real tokens. A span listed twice marks its cell once.
+    """
+    idx = _span_rows(spans, num_types, n, mask)
     y = torch.zeros(len(spans), num_types, n, n, dtype=dtype, device=device)
-    idx = [(b, t, i, j) for b, ss in enumerate(spans) for t, i, j in ss]
     if idx:
         bi = torch.tensor(idx, device=device).T
         y[bi[0], bi[1], bi[2], bi[3]] = 1
     return y
+
+
+def span_indices(spans: Sequence[Sequence[tuple[int, int, int]]], num_types: int, n: int,
+                 device: torch.device | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The sparse targets of :func:`global_pointer_loss`: flat cells ``start·n + end``, int64 ``(B, m, K)``.
+
+    ``K`` is the largest number of spans of one (sample, type); shorter rows are
+    padded with ``-1``. The spans are checked as in :func:`span_targets`; a
+    span listed twice counts once. ``B·m·K`` entries instead of ``B·m·n²``.
+    """
+    idx = _span_rows(spans, num_types, n, mask)
+    b = len(spans)
+    cells = torch.tensor(sorted(set(idx)), dtype=torch.int64).view(-1, 4)
+    row = cells[:, 0] * num_types + cells[:, 1]
+    flat = cells[:, 2] * n + cells[:, 3]
+    out = _pack(row, flat, b * num_types)
+    return out.view(b, num_types, out.shape[1]).to(device)
 
 
 # ---------------------------------------------------------------------------
@@ -363,7 +650,11 @@ class LinearChainCRF(nn.Module):
     """A linear-chain CRF with start/end/transition scores; batched forward algorithm and Viterbi.
 
     The recursion over time is inherently sequential: that is the point of the
-    chapter's comparison. ``mask`` must be left-aligned (True first).
+    chapter's comparison. ``mask`` follows the token-mask contract of
+    :func:`kexue.checks.token_mask` and must be left-aligned and contiguous
+    (True for the first ``L_b >= 1`` steps of sequence ``b``, then False): the
+    forward algorithm skips masked steps while the path score counts the
+    steps up to the last real one, so a hole would make them disagree.
     """
 
     def __init__(self, num_tags: int) -> None:
@@ -373,20 +664,39 @@ class LinearChainCRF(nn.Module):
         self.end = nn.Parameter(torch.empty(num_tags).uniform_(-0.1, 0.1))
         self.trans = nn.Parameter(torch.empty(num_tags, num_tags).uniform_(-0.1, 0.1))
 
-    def _check(self, emissions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        if emissions.dim() != 3 or emissions.shape[-1] != self.num_tags:
-            raise ValueError(f"emissions must have shape (batch, seq, {self.num_tags}), got {tuple(emissions.shape)}")
+    def _check(self, emissions: object, mask: object) -> torch.Tensor:
+        emissions = _sequence_arg("emissions", emissions, self.num_tags, self)
+        b, n, _ = emissions.shape
         if mask is None:
-            mask = torch.ones(emissions.shape[:2], dtype=torch.bool, device=emissions.device)
-        if mask.dtype != torch.bool or mask.shape != emissions.shape[:2]:
-            raise ValueError("mask must be a bool tensor of shape (batch, seq)")
-        if emissions.shape[1] and not bool(mask[:, 0].all()):
+            return torch.ones(b, n, dtype=torch.bool, device=emissions.device)
+        mask = checks.token_mask("mask", mask, b, n, emissions.device)
+        if not bool(mask[:, 0].all()):
             raise ValueError("mask must be on at the first timestep of every sequence (left-aligned)")
+        holes = mask[:, 1:] & ~mask[:, :-1]  # a real step after a padded one
+        if bool(holes.any()):
+            row, t = holes.nonzero()[0].tolist()
+            raise ValueError(f"mask must be left-aligned and contiguous (True, ..., True, False, ..., False); "
+                             f"sequence {row} has a real step at {t + 1} after padding")
         return mask
+
+    def _tags(self, tags: object, mask: torch.Tensor) -> torch.Tensor:
+        checks.tensor("tags", tags)
+        if tags.dtype == torch.bool or tags.is_floating_point() or tags.is_complex():
+            raise TypeError(f"tags must be an integer tensor of tag ids, got {tags.dtype}")
+        if tags.shape != mask.shape:
+            raise ValueError(f"tags must have shape {tuple(mask.shape)} (batch, seq), got {tuple(tags.shape)}")
+        tags = tags.to(device=mask.device, dtype=torch.int64)
+        real = tags[mask]
+        if real.numel() and (int(real.min()) < 0 or int(real.max()) >= self.num_tags):
+            raise ValueError(f"tags must lie in [0, num_tags={self.num_tags}) on real steps, "
+                             f"got values from {int(real.min())} to {int(real.max())}")
+        return tags.masked_fill(~mask, 0)  # padded steps may hold anything (e.g. -100)
 
     def log_partition(self, emissions: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``log Z`` by the forward algorithm, shape ``(batch,)``."""
-        mask = self._check(emissions, mask)
+        return self._log_partition(emissions, self._check(emissions, mask))
+
+    def _log_partition(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         alpha = self.start + emissions[:, 0]
         for t in range(1, emissions.shape[1]):
             nxt = torch.logsumexp(alpha[:, :, None] + self.trans, 1) + emissions[:, t]
@@ -396,6 +706,9 @@ class LinearChainCRF(nn.Module):
     def score(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised score of the tag paths, shape ``(batch,)`` (vectorised over time)."""
         mask = self._check(emissions, mask)
+        return self._score(emissions, self._tags(tags, mask), mask)
+
+    def _score(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         m = mask.to(emissions.dtype)
         emit = emissions.gather(-1, tags[..., None]).squeeze(-1)
         s = self.start[tags[:, 0]] + (emit * m).sum(1)
@@ -405,7 +718,9 @@ class LinearChainCRF(nn.Module):
 
     def forward(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Mean negative log-likelihood over the batch."""
-        return (self.log_partition(emissions, mask) - self.score(emissions, tags, mask)).mean()
+        mask = self._check(emissions, mask)
+        tags = self._tags(tags, mask)
+        return (self._log_partition(emissions, mask) - self._score(emissions, tags, mask)).mean()
 
     @torch.no_grad()
     def decode(self, emissions: torch.Tensor, mask: torch.Tensor | None = None) -> list[list[int]]:
@@ -452,10 +767,11 @@ class CrfTagger(nn.Module):
 
     def __init__(self, hidden_size: int, num_types: int) -> None:
         super().__init__()
+        checks.positive_int("hidden_size", hidden_size)
         self.num_types = checks.positive_int("num_types", num_types)
         self.dense = nn.Linear(hidden_size, 2 * num_types + 1)
         self.crf = LinearChainCRF(2 * num_types + 1)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Emission scores ``(B, n, 2m + 1)``."""
-        return self.dense(hidden)
+        """Emission scores ``(B, n, 2m + 1)`` of ``hidden (B, n, D)``."""
+        return self.dense(_sequence_arg("hidden", hidden, self.dense.in_features, self))

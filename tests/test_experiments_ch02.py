@@ -204,3 +204,45 @@ def test_run_on_a_small_msra_subset() -> None:
     assert result.data["msra_train"]["size"] == 48 and result.artifacts["nested"] is not None
     again = ch02.run(cfg, seed=0)
     assert again.metrics == result.metrics  # deterministic given the seed
+
+
+def test_prepare_ner_refuses_malformed_spans() -> None:
+    """A span with end < start (or outside its text) was kept before; now it names the example."""
+    tok = CharTokenizer.build(["北京大学在北京"], min_count=1)
+    for span in ((3, 1, "LOC"), (-1, 1, "LOC"), (5, 7, "LOC")):
+        with pytest.raises(ValueError, match=r"examples\[1\].*start <= end"):
+            ch02.prepare_ner([NerExample("北京", ()), NerExample("北京大学在北京", (span,))], tok, max_len=7,
+                             types=("LOC",))
+
+
+def test_check_rope_gap_fails_when_the_article_drop_is_reproduced() -> None:
+    """The notebook's RoPE check, on the recorded gap and on broken variants of it."""
+    full = load_record("ner_full")["runs"]
+    recorded = 100 * (full["gp"]["prf"]["f1"] - full["gp_norope"]["prf"]["f1"])
+    shortfall = ch02.check_rope_gap(recorded)
+    assert shortfall == pytest.approx(ch02.ARTICLE_ROPE_GAP - recorded)
+    assert ch02.ARTICLE_ROPE_GAP == pytest.approx(32.92)
+    # a run that reproduces the article's drop (within the margin) fails the check
+    for broken in (ch02.ARTICLE_ROPE_GAP, ch02.ARTICLE_ROPE_GAP - 9.9, 40.0):
+        with pytest.raises(AssertionError, match="within 10 points"):
+            ch02.check_rope_gap(broken)
+    # and so does a run where RoPE does not help
+    for broken in (0.0, -3.0):
+        with pytest.raises(AssertionError, match="does not help"):
+            ch02.check_rope_gap(broken)
+    with pytest.raises(ValueError):
+        ch02.check_rope_gap(5.0, margin=0.0)
+
+
+def test_check_bio_loses_inner_spans_counts_and_fails_without_nesting() -> None:
+    nested = [{(1, 1, 4), (0, 1, 2), (0, 3, 4)}, {(2, 0, 5)}, {(1, 0, 3), (1, 2, 3)}]
+    assert ch02.bio_round_trip(sorted(nested[0]), 8) == {(1, 1, 4)}
+    assert ch02.check_bio_loses_inner_spans(nested, 8) == 3
+    # broken variants: gold without nesting, and a "round trip" that keeps nested spans
+    with pytest.raises(AssertionError, match="lost no span"):
+        ch02.check_bio_loses_inner_spans([{(0, 1, 2), (1, 4, 5)}], 8)
+    with pytest.raises(AssertionError, match="lost no span"):
+        ch02.check_bio_loses_inner_spans(nested, 8, round_trip=lambda g, n: set(g))
+    # a round trip that drops an outer span instead of the inner one
+    with pytest.raises(AssertionError, match="not the nested inner spans"):
+        ch02.check_bio_loses_inner_spans(nested, 8, round_trip=lambda g, n: set(g) - {max(g)})

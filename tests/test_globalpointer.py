@@ -8,6 +8,7 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torchcrf import CRF
 
 from kexue import globalpointer as gp
@@ -270,7 +271,7 @@ def test_head_bad_input() -> None:
     with pytest.raises(ValueError, match="hidden"):
         head(torch.zeros(2, 5, 7), torch.ones(2, 5, dtype=torch.bool))
     with pytest.raises(TypeError, match="mask"):
-        head(torch.zeros(2, 5, 8), torch.ones(2, 5))
+        head(torch.zeros(2, 5, 8), torch.full((2, 5), 0.5))
     with pytest.raises(ValueError, match="mask"):
         head(torch.zeros(2, 5, 8), torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(TypeError, match="hidden"):
@@ -390,3 +391,250 @@ def test_brute_force_helper_is_exhaustive() -> None:
     z, _ = gp.crf_brute_force(crf, em)
     scores = [crf.score(em[None], torch.tensor([p])).item() for p in itertools.product(range(2), repeat=3)]
     assert math.isclose(float(z), math.log(sum(math.exp(v) for v in scores)), rel_tol=1e-12)
+
+
+# --------------------------------------------------------------------------- the fused training loss
+
+def _dense_mcce_rows(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The pairwise reference (ch02-loss, left side) per (sample, type) row; masked cells dropped first."""
+    rows = []
+    for r, t in zip(s.flatten(0, 1).flatten(1), y.flatten(0, 1).flatten(1)):
+        keep = r > torch.finfo(r.dtype).min
+        rows.append(gp.mcce_reference(r[keep], t[keep]))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_fused_loss_matches_pairwise_reference_values_and_gradients(sparse: bool) -> None:
+    torch.manual_seed(20)
+    n, m = 7, 3
+    mask = torch.stack([_mask([7], n)[0], _mask([4], n)[0], _mask([5], n, left=True)[0]])
+    s = gp.mask_span_logits(torch.randn(3, m, n, n, dtype=F64) * 3, mask).requires_grad_()
+    spans = [[(0, 1, 3), (1, 0, 0), (1, 2, 6), (2, 5, 6)], [(0, 0, 3)], []]
+    targets = (gp.span_indices(spans, m, n, mask=mask) if sparse
+               else gp.span_targets(spans, m, n, dtype=F64, mask=mask))
+    y = gp.span_targets(spans, m, n, dtype=F64)
+    loss = gp.global_pointer_loss(s, targets, mask)
+    ref = _dense_mcce_rows(s, y).mean()
+    torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
+    (g,) = torch.autograd.grad(loss, s)
+    (g_ref,) = torch.autograd.grad(gp.multilabel_categorical_crossentropy(s.flatten(2), y.flatten(2)).mean(), s)
+    torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+    assert g[s.detach() == torch.finfo(F64).min].abs().max() < 1e-300  # masked cells: no gradient
+    x = torch.randn(2, 2, 4, 4, dtype=F64, requires_grad=True)
+    yy = (torch.rand(2, 2, 4, 4) < 0.3).to(F64)
+    assert torch.autograd.gradcheck(lambda v: gp.global_pointer_loss(v, yy), (x,))
+
+
+def test_fused_loss_is_exact_where_the_subtraction_form_cancels() -> None:
+    """A positive far above every negative: (ch02-sparse)'s a + log(1 - e^{b-a}) loses the negatives in
+    float32 (the broken variant below), the fused loss keeps them, in both of its shift branches."""
+    for top in (30.0, 90.0):  # 90 takes the 'largest negative' shift, 30 the plain one
+        x = torch.full((1, 1, 4, 4), -10.0, dtype=F64)
+        x[0, 0, 0, 1] = top
+        y = torch.zeros_like(x)
+        y[0, 0, 0, 1] = 1
+        exact = math.log1p(15 * math.exp(-10)) + math.log1p(math.exp(-top))
+        got = gp.global_pointer_loss(x.float(), y.float())
+        assert math.isclose(float(got), exact, rel_tol=1e-5), (top, float(got), exact)
+        assert math.isclose(float(gp.global_pointer_loss(x, y)), exact, rel_tol=1e-12)
+    # the broken variant: the subtraction form without the direct fallback, in float32
+    s = x.float().flatten()
+    a = torch.logaddexp(torch.tensor(0.0), torch.logsumexp(s, 0))
+    b = s[1]
+    broken = float(a + torch.log1p(-torch.exp(b - a).clamp(max=1 - 1.2e-7)))
+    assert abs(broken - math.log1p(15 * math.exp(-10))) > 1.0
+    sparse = gp.sparse_multilabel_categorical_crossentropy(x.float().flatten(2), torch.tensor([[[1]]]))
+    assert math.isclose(float(sparse), exact, rel_tol=1e-3)
+
+
+def test_fused_loss_gradient_in_float32_and_bf16_autocast() -> None:
+    torch.manual_seed(21)
+    head = gp.GlobalPointer(16, 3, head_size=8)
+    h = torch.randn(4, 12, 16)
+    mask = _mask([12, 9, 5, 1], 12)
+    spans = [[(0, 1, 2), (2, 3, 8)], [(1, 0, 0)], [(2, 4, 4)], []]
+    idx = gp.span_indices(spans, 3, 12, mask=mask)
+    loss = gp.global_pointer_loss(head(h, mask), idx)
+    g32 = torch.autograd.grad(loss, head.dense.weight)[0]
+    ref = gp.global_pointer_loss(head.double()(h.double(), mask), idx)
+    g64 = torch.autograd.grad(ref, head.dense.weight)[0]
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g32.double(), g64, rtol=1e-4, atol=1e-6)
+    head.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the optional bf16 path
+        logits = head(h, mask)
+        low = gp.global_pointer_loss(logits, idx)
+    assert logits.dtype == torch.bfloat16 and low.dtype == torch.bfloat16
+    g16 = torch.autograd.grad(low, head.dense.weight)[0]
+    assert torch.isfinite(g16).all()
+    torch.testing.assert_close(low.double(), ref, rtol=3e-2, atol=3e-2)
+    assert F.cosine_similarity(g16.flatten().double(), g64.flatten(), 0) > 0.99
+
+
+def test_positive_on_a_masked_cell_is_refused_everywhere() -> None:
+    """Before: the padded positive made the float32 loss about 1e38 and the float16 one NaN."""
+    torch.manual_seed(22)
+    head = gp.GlobalPointer(8, 2, head_size=4)
+    mask = _mask([5, 3], 6)
+    with torch.no_grad():
+        logits = head(torch.randn(2, 6, 8), mask)
+    bad = [[(0, 1, 2)], [(1, 2, 4)]]  # sample 1 has 3 real tokens: the span ends on padding
+    y = gp.span_targets(bad, 2, 6)
+    assert float(-logits[1, 1, 2, 4]) > 1e38  # its positive term log(1 + e^{-s}) would exceed 1e38
+    for call in (lambda: gp.global_pointer_loss(logits, y),
+                 lambda: gp.global_pointer_loss(logits, gp.span_indices(bad, 2, 6)),
+                 lambda: gp.multilabel_categorical_crossentropy(logits.flatten(2), y.flatten(2)),
+                 lambda: gp.sparse_multilabel_categorical_crossentropy(
+                     logits.flatten(2), gp.span_indices(bad, 2, 6)),
+                 lambda: gp.global_pointer_loss(logits.half(), y)):
+        with pytest.raises(ValueError, match="masked cell"):
+            call()
+    with pytest.raises(ValueError, match="masked token"):
+        gp.span_targets(bad, 2, 6, mask=mask)
+    # j < i is masked too, and the mask argument catches a positive the logits cannot show
+    with pytest.raises(ValueError, match="start 3, end 1"):
+        gp.global_pointer_loss(logits, torch.tensor([[[3 * 6 + 1], [-1]], [[-1], [-1]]]))
+    unmasked = torch.randn(2, 2, 6, 6)
+    with pytest.raises(ValueError, match="masked cell"):
+        gp.global_pointer_loss(unmasked, gp.span_targets(bad, 2, 6), mask)
+
+
+def test_span_targets_refuse_bad_spans_and_sparse_targets_agree() -> None:
+    for spans, match in (([[(0, 3, 2)]], "start <= end"), ([[(-1, 1, 2)]], "type"), ([[(2, 1, 2)]], "type"),
+                         ([[(0, 1, 6)]], "end < n"), ([[(0, -1, 2)]], "start <= end"),
+                         ([[(0, 1.0, 2)]], "ints"), ([[(0, 1)]], "ints")):
+        with pytest.raises(ValueError, match=match):
+            gp.span_targets(spans, 2, 6)
+        with pytest.raises(ValueError, match=match):
+            gp.span_indices(spans, 2, 6)
+    with pytest.raises(TypeError, match="spans"):
+        gp.span_targets(torch.zeros(1, 1, 3, dtype=torch.long), 2, 6)
+    with pytest.raises(ValueError, match="num_types"):
+        gp.span_targets([[]], 0, 6)
+    spans = [[(0, 1, 2), (1, 0, 4), (0, 1, 2), (0, 3, 3)], [], [(1, 5, 5)]]  # a duplicate
+    idx = gp.span_indices(spans, 2, 6)
+    assert idx.shape == (3, 2, 2) and idx[0, 0].tolist() == [1 * 6 + 2, 3 * 6 + 3]
+    dense = gp.span_targets(spans, 2, 6)
+    rebuilt = torch.zeros(3 * 2, 37).scatter_(1, idx.view(6, -1).masked_fill(idx.view(6, -1) < 0, 36), 1.0)
+    torch.testing.assert_close(rebuilt[:, :36].view_as(dense), dense)
+    s = torch.randn(3, 2, 6, 6, dtype=F64)
+    torch.testing.assert_close(gp.global_pointer_loss(s, idx), gp.global_pointer_loss(s, dense))
+
+
+def test_sparse_loss_refuses_duplicate_indices() -> None:
+    """Duplicates counted a positive twice: 3.63 instead of the dense 3.43 in the reported case."""
+    torch.manual_seed(23)
+    s = torch.randn(1, 10, dtype=F64) * 2
+    y = torch.zeros(1, 10, dtype=F64)
+    y[0, [2, 7]] = 1
+    dense = gp.multilabel_categorical_crossentropy(s, y)
+    torch.testing.assert_close(gp.sparse_multilabel_categorical_crossentropy(s, torch.tensor([[2, 7, -1, -1]])), dense)
+    with pytest.raises(ValueError, match="repeat"):
+        gp.sparse_multilabel_categorical_crossentropy(s, torch.tensor([[2, 7, 7, -1]]))
+    with pytest.raises(ValueError, match="repeat"):
+        gp.global_pointer_loss(torch.zeros(1, 1, 3, 3), torch.tensor([[[1, 1]]]))
+
+
+def test_masks_follow_the_token_mask_contract() -> None:
+    torch.manual_seed(24)
+    head = gp.GlobalPointer(8, 2, head_size=4)
+    egp = gp.EfficientGlobalPointer(8, 2, head_size=4)
+    h = torch.randn(2, 5, 8)
+    bool_mask = _mask([5, 3], 5)
+    for mod in (head, egp):
+        ref = mod(h, bool_mask)
+        torch.testing.assert_close(mod(h, bool_mask.long()), ref)  # a tokenizer's 0/1 attention mask
+        torch.testing.assert_close(mod(h, None), mod(h, torch.ones(2, 5, dtype=torch.bool)))
+        with pytest.raises(TypeError, match="mask == 0"):  # an additive mask, with the fix in the message
+            mod(h, torch.zeros(2, 5).masked_fill(~bool_mask, -1e4))
+        with pytest.raises(ValueError, match="mask"):
+            mod(h, torch.full((2, 5), 2))
+    torch.testing.assert_close(gp.mask_span_logits(ref, bool_mask.int()), gp.mask_span_logits(ref, bool_mask))
+    crf = gp.LinearChainCRF(3)
+    em = torch.randn(2, 5, 3)
+    assert crf.decode(em, bool_mask.long()) == crf.decode(em, bool_mask)
+    torch.testing.assert_close(crf.log_partition(em, bool_mask.float()), crf.log_partition(em, bool_mask))
+    with pytest.raises(TypeError, match="mask == 0"):
+        crf.log_partition(em, torch.zeros(2, 5).masked_fill(~bool_mask, float("-inf")))
+
+
+def test_bad_shapes_empty_inputs_and_lists_name_the_argument() -> None:
+    head = gp.GlobalPointer(8, 2, head_size=4)
+    with pytest.raises(ValueError, match="hidden.*at least one"):
+        head(torch.zeros(0, 5, 8))
+    with pytest.raises(ValueError, match="hidden.*at least one"):
+        head(torch.zeros(2, 0, 8))
+    with pytest.raises(TypeError, match="hidden"):
+        head([[[0.0] * 8]])
+    with pytest.raises(TypeError, match="hidden"):
+        head(torch.zeros(1, 3, 8, dtype=torch.float64))  # the head is float32
+    with pytest.raises(TypeError, match="logits"):
+        gp.global_pointer_loss([[[[0.0]]]], torch.zeros(1, 1, 1, 1))
+    with pytest.raises(TypeError, match="targets"):
+        gp.global_pointer_loss(torch.zeros(1, 1, 2, 2), [[[0]]])
+    with pytest.raises(ValueError, match="at least one"):
+        gp.global_pointer_loss(torch.zeros(0, 2, 3, 3), torch.zeros(0, 2, 3, 3))
+    with pytest.raises(ValueError, match="logits"):
+        gp.global_pointer_loss(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4))
+    with pytest.raises(TypeError, match="threshold"):
+        gp.decode_spans(torch.zeros(1, 1, 2, 2), threshold="0")
+    assert gp.decode_spans(torch.zeros(0, 1, 2, 2)) == []
+    with pytest.raises(TypeError, match="tril"):
+        gp.mask_span_logits(torch.zeros(1, 1, 2, 2), None, tril=1)
+    with pytest.raises(TypeError, match="hidden"):
+        gp.CrfTagger(8, 2)([[0.0] * 8])
+    with pytest.raises(ValueError, match="hidden"):
+        gp.CrfTagger(8, 2)(torch.zeros(1, 3, 7))
+
+
+def test_crf_refuses_a_mask_with_a_hole_and_bad_tags() -> None:
+    torch.manual_seed(25)
+    crf = gp.LinearChainCRF(3).to(F64)
+    em = torch.randn(1, 5, 3, dtype=F64)
+    tags = torch.tensor([[0, 1, 2, 1, 0]])
+    hole = torch.tensor([[True, True, False, True, False]])
+    # the old check (first step on) let the hole through; the forward algorithm then skipped step 2
+    # while the path score dropped the transitions into and out of it, so the two disagreed
+    assert bool(hole[:, 0].all())
+    for call in (lambda: crf.log_partition(em, hole), lambda: crf(em, tags, hole), lambda: crf.decode(em, hole),
+                 lambda: crf.score(em, tags, hole)):
+        with pytest.raises(ValueError, match="contiguous"):
+            call()
+    with pytest.raises(ValueError, match="tags"):
+        crf(em, torch.tensor([[0, 1, 3, 1, 0]]))
+    with pytest.raises(TypeError, match="tags"):
+        crf(em, tags.double())
+    with pytest.raises(ValueError, match="tags"):
+        crf(em, tags[:, :4])
+    with pytest.raises(ValueError, match="at least one"):
+        crf.log_partition(em[:, :0])
+    with pytest.raises(ValueError, match="real"):  # an empty sequence: a CRF over no tag
+        crf.log_partition(em, torch.zeros(1, 5, dtype=torch.bool))
+    # padded steps may hold any tag id (e.g. -100): they are ignored
+    right = _mask([3], 5)
+    padded = tags.masked_fill(~right, -100)
+    torch.testing.assert_close(crf(em, padded, right), crf(em, tags, right))
+
+
+@pytest.mark.parametrize("cls", [gp.GlobalPointer, gp.EfficientGlobalPointer])
+def test_masked_cells_pass_no_gradient_to_the_head(cls) -> None:
+    """Any upstream gradient on masked cells (here a random one everywhere) must stop at the mask."""
+    torch.manual_seed(26)
+    head = cls(12, 3, head_size=8).to(F64)
+    h = torch.randn(2, 7, 12, dtype=F64, requires_grad=True)
+    mask = _mask([7, 4], 7)
+    fast = head(h, mask)
+    w = torch.randn_like(fast)
+    (g,) = torch.autograd.grad((fast * w).sum(), h, retain_graph=True)
+    keep = fast.detach() > torch.finfo(F64).min
+    (g_ref,) = torch.autograd.grad((fast * (w * keep)).sum(), h)  # the masked cells' weights removed
+    torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-12)
+    # a broken variant that lets the gradient through the masked cells differs
+    raw = head.dense(h) if cls is gp.GlobalPointer else None
+    if raw is not None:
+        q, k = raw.unflatten(-1, (3, 2, 8)).permute(0, 2, 3, 1, 4).unbind(2)
+        q, k = apply_rope(q, torch.arange(7)), apply_rope(k, torch.arange(7))
+        leaky = q @ k.transpose(-1, -2) / 8 ** 0.5
+        (g_bad,) = torch.autograd.grad((leaky * w).sum(), h)
+        assert not torch.allclose(g_bad, g)
