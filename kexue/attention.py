@@ -45,6 +45,7 @@ class TransformerConfig:
     mixer: str = "attention"  # token mixer; see kexue.mixers.MIXERS
     mixer_options: dict[str, Any] = field(default_factory=dict)
     pad_token_id: int = 0
+    causal: bool = False  # attention: query i sees keys j <= i only (a GPT-style decoder)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "depth", "heads", "ffn_dim", "max_len"):
@@ -68,6 +69,13 @@ class TransformerConfig:
             raise ValueError(
                 f"position={self.position!r} rotates attention queries and keys, which mixer={self.mixer!r} "
                 "does not have: use mixer='attention' or position='learned'/'none'"
+            )
+        if not isinstance(self.causal, bool):
+            raise TypeError(f"causal must be a bool, got {type(self.causal).__name__}")
+        if self.causal and self.mixer != "attention":
+            raise ValueError(
+                f"causal=True masks attention scores; for mixer={self.mixer!r} pass causal=True in "
+                "mixer_options if that mixer supports it"
             )
         checks.nonnegative_int("pad_token_id", self.pad_token_id)
         if self.pad_token_id >= self.vocab_size:
@@ -184,6 +192,15 @@ class MultiHeadSelfAttention(nn.Module):
                 q = rope.apply_rope_2d(q, pos, self.config.rope_base)
                 k = rope.apply_rope_2d(k, pos, self.config.rope_base)
         attn_mask = None if mask is None else mask[:, None, None, :]  # (b, 1, 1, s): keys only
+        if self.config.causal:
+            # query i sees keys j <= i; every query also sees itself, so a padded query row
+            # (left padding) is never empty: no NaN, and real rows are unchanged by it
+            order = torch.arange(seq, device=x.device)
+            causal = order[None, :] <= order[:, None]  # (s, s)
+            if attn_mask is None:
+                attn_mask = causal
+            else:
+                attn_mask = (attn_mask & causal) | torch.eye(seq, dtype=torch.bool, device=x.device)
         out = F.scaled_dot_product_attention(
             q,
             k,

@@ -240,7 +240,9 @@ def test_naive_accumulation_differs_from_full_batch():
         naive_accumulation_backward(enc, ids, simcse_loss, 5)
 
 
-def test_logit_scale_gradient_exact_and_openclip_factor():
+@pytest.mark.parametrize("micro", [4, 5], ids=["dividing", "uneven-5-5-2"])
+def test_logit_scale_gradient_exact_and_openclip_factor(micro):
+    """12 rows in micro-batches of 4 (three equal) or 5 (5, 5 and 2): three chunks either way."""
     ids = pair_ids(6)
     enc = tiny_encoder(torch.float64)
     scale = LogitScale(0.1, dtype=torch.float64)
@@ -249,47 +251,28 @@ def test_logit_scale_gradient_exact_and_openclip_factor():
         return simcse_loss(h, scale.temperature())
 
     torch.manual_seed(5)
-    full_batch_backward(enc, ids, loss_fn, 4)
+    full_batch_backward(enc, ids, loss_fn, micro)
     full_enc, full_scale = grad_vector(enc).clone(), scale.log_scale.grad.clone()
     assert full_scale.abs() > 0
     enc.zero_grad(set_to_none=True)
     scale.zero_grad(set_to_none=True)
     torch.manual_seed(5)
-    contrastive_backward(enc, ids, loss_fn, 4)
+    contrastive_backward(enc, ids, loss_fn, micro)
     assert relative_error(grad_vector(enc), full_enc) <= 1e-10
     torch.testing.assert_close(scale.log_scale.grad, full_scale, rtol=1e-12, atol=0)
     # open_clip's scheme: encoder exact (with replay), scale gradient times the number of chunks
     enc.zero_grad(set_to_none=True)
     scale.zero_grad(set_to_none=True)
     torch.manual_seed(5)
-    openclip_style_backward(enc, ids, loss_fn, 4, replay_rng=True)
+    openclip_style_backward(enc, ids, loss_fn, micro, replay_rng=True)
     assert relative_error(grad_vector(enc), full_enc) <= 1e-10
     torch.testing.assert_close(scale.log_scale.grad, 3 * full_scale, rtol=1e-10, atol=0)
     # without the replay (open_clip as shipped) its encoder gradient is wrong under dropout
     enc.zero_grad(set_to_none=True)
     scale.zero_grad(set_to_none=True)
     torch.manual_seed(5)
-    openclip_style_backward(enc, ids, loss_fn, 4)
+    openclip_style_backward(enc, ids, loss_fn, micro)
     assert relative_error(grad_vector(enc), full_enc) > 1e-3
-
-
-def test_openclip_style_uneven_micro_batches():
-    ids = pair_ids(6)
-    enc = tiny_encoder(torch.float64)
-    scale = LogitScale(0.1, dtype=torch.float64)
-
-    def loss_fn(h):
-        return simcse_loss(h, scale.temperature())
-
-    torch.manual_seed(5)
-    full_batch_backward(enc, ids, loss_fn, 5)  # micro-batches of 5, 5 and 2 rows
-    full_enc, full_scale = grad_vector(enc).clone(), scale.log_scale.grad.clone()
-    enc.zero_grad(set_to_none=True)
-    scale.zero_grad(set_to_none=True)
-    torch.manual_seed(5)
-    openclip_style_backward(enc, ids, loss_fn, 5, replay_rng=True)
-    assert relative_error(grad_vector(enc), full_enc) <= 1e-10
-    torch.testing.assert_close(scale.log_scale.grad, 3 * full_scale, rtol=1e-10, atol=0)
 
 
 # ---------------------------------------------------------------------------

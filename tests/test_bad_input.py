@@ -844,7 +844,8 @@ def run_case(case: Case) -> None:
         assert re.search(case.expect.pattern, str(info.value)), (
             f"{type(info.value).__name__} message {str(info.value)!r} does not match {case.expect.pattern!r}"
         )
-        assert isinstance(info.value, (TypeError, ValueError, OSError)), (
+        # ImportError: a missing data package, whose message names the command that installs it
+        assert isinstance(info.value, (TypeError, ValueError, OSError, ImportError)), (
             f"{type(info.value).__name__} is not a clear error"
         )
     else:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_bad_input import Case, Raises, _non_finite, raises, returns
+from test_bad_input import Case, raises, returns, run_case
 
 from kexue import accumulation as acc
 from kexue import data, growth, mlm, simcse
@@ -1034,21 +1034,6 @@ TRIED: list[str] = []
 def test_case_ids_are_unique():
     ids = [c.id for c in CASES]
     assert len(ids) == len(set(ids)), sorted({i for i in ids if ids.count(i) > 1})
-
-
-def run_case(case: Case) -> None:
-    """The runner of ``tests/test_bad_input.py``: the error and its message, or a finite, checked result."""
-    if isinstance(case.expect, Raises):
-        with pytest.raises(case.expect.error) as info:
-            case.call()
-        assert re.search(case.expect.pattern, str(info.value)), (
-            f"{type(info.value).__name__} message {str(info.value)!r} does not match {case.expect.pattern!r}"
-        )
-    else:
-        out = case.call()
-        bad = _non_finite(out)
-        assert not bad, f"non-finite values at {bad} in {out!r}"
-        assert case.expect.check(out), f"wrong result: {out!r}"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

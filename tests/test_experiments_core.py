@@ -228,10 +228,8 @@ def test_every_chapter_module_has_the_same_surface(number):
     assert len({config_hash(c) for c in module.CONFIGS.values()}) == 3, "profiles must differ"
 
 
-def test_a_session_past_its_time_budget_still_takes_one_step(tmp_path, monkeypatch):
+def test_a_session_past_its_time_budget_still_takes_one_step(tmp_path):
     """max_seconds=0 stops each session after one step, so repeated calls finish the run."""
-    import kexue.experiments.loop as loop_module
-
     batch_at, loss_fn = _problem()
     whole = fit(_model(), batch_at, loss_fn, steps=4, lr=0.01, seed=2, progress=False)
     model, sessions = _model(), 0
@@ -244,4 +242,22 @@ def test_a_session_past_its_time_budget_still_takes_one_step(tmp_path, monkeypat
         model = _model()
     assert sessions == 4 and hist.resumed_at == [1, 2, 3]
     assert hist.losses == whole.losses
-    assert loop_module.fit is fit
+
+
+def test_checkpoint_loads_without_pickle_and_restores_every_generator(tmp_path):
+    """The loop's checkpoint holds only tensors and plain values; resuming restores Python's,
+    NumPy's and torch's generators exactly."""
+    import random
+
+    import numpy as np
+
+    from kexue.experiments.loop import CHECKPOINT_FILE, _set_rng_state
+
+    batch_at, loss_fn = _problem()
+    fit(_model(), batch_at, loss_fn, steps=4, lr=0.01, seed=5, stop_at=2, checkpoint_dir=tmp_path,
+        progress=False)
+    saved = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    draws_then = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)
+    _set_rng_state(saved["rng"])
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == draws_then

@@ -268,3 +268,27 @@ def test_empty_batch_and_empty_sequence():
 def test_bad_numeric_config_raises(overrides, match):
     with pytest.raises((ValueError, TypeError), match=match):
         small_config(**overrides)
+
+
+def test_causal_attention_sees_only_earlier_keys_and_needs_attention():
+    """``causal=True``: changing later tokens never moves earlier outputs; without it they do;
+    left padding stays finite; only the attention mixer can be causal."""
+    torch.manual_seed(0)
+    cfg = TransformerConfig(vocab_size=30, dim=16, depth=2, heads=2, ffn_dim=32, max_len=12,
+                            dropout=0.0, attention_dropout=0.0, norm="pre", causal=True)
+    enc = TransformerEncoder(cfg).double().eval()
+    free = TransformerEncoder(TransformerConfig(**{**cfg.to_dict(), "causal": False})).double().eval()
+    free.load_state_dict(enc.state_dict())
+    ids = torch.randint(1, 30, (2, 8))
+    later = ids.clone()
+    later[:, 5:] = 3
+    with torch.no_grad():
+        torch.testing.assert_close(enc(later)[:, :5], enc(ids)[:, :5], rtol=0, atol=0)
+        assert (free(later)[:, :5] - free(ids)[:, :5]).abs().max() > 1e-6
+        left_padded = torch.tensor([[False, False, True, True, True, True, True, True]] * 2)
+        out = enc(ids, left_padded)
+    assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="causal"):
+        TransformerConfig(mixer="fnet", causal=True)
+    with pytest.raises(TypeError, match="causal must be a bool"):
+        TransformerConfig(causal=1)

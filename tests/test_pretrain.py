@@ -266,7 +266,7 @@ def test_sessions_of_save_every_minutes_match_one_session(tmp_path, sentences):
     finally:
         run_module.MIN_SESSION_SECONDS = run_module_min
         loop_module.time = real_time
-    state = torch.load(tmp_path / "b" / "checkpoint" / "loop_state.pt", weights_only=False)
+    state = torch.load(tmp_path / "b" / "checkpoint" / "loop_state.pt", weights_only=True)
     assert len(state["history"]["resumed_at"]) == 29, "one step per session: 29 resumes"
     wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     for k in wa:

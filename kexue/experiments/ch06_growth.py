@@ -18,8 +18,7 @@ evaluation hook records the held-out loss, the cumulative FLOPs and the
 :func:`kexue.growth.symmetry_gap`.
 
 The module also holds the helpers of the chapter's smaller checks:
-:func:`unused_rope_rows` (the empty RoPE pairs of section 6),
-:func:`causal_attention` (the GPT case of section 7), :func:`copy_coefficients`
+:func:`unused_rope_rows` (the empty RoPE pairs of section 6), :func:`copy_coefficients`
 and :func:`adam_twin_groups` (Adam after growth, section 9).
 """
 
@@ -27,14 +26,11 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
-from unittest import mock
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kexue import checks
@@ -62,7 +58,6 @@ __all__ = [
     "unused_rope_rows",
     "copy_coefficients",
     "adam_twin_groups",
-    "causal_attention",
 ]
 
 
@@ -399,23 +394,3 @@ def adam_twin_groups(
         c, m = coeffs[name]
         groups.append({"params": [p], "lr": lr / c, "eps": m * c * eps, "weight_decay": c * weight_decay})
     return groups
-
-
-@contextmanager
-def causal_attention() -> Iterator[None]:
-    """Inside the block every ``kexue.nn`` attention is causal (token ``i`` sees keys ``j <= i``), as in GPT.
-
-    ``kexue.nn`` has no causal mask. Its attention calls
-    ``torch.nn.functional.scaled_dot_product_attention`` with a key mask; this
-    patches that function to AND a lower-triangular mask into it.
-    """
-    original = F.scaled_dot_product_attention
-
-    def causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Any = None, **kw: Any) -> torch.Tensor:
-        lower = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
-        if attn_mask is not None and attn_mask.dtype != torch.bool:
-            raise ValueError("causal_attention expects a boolean attention mask")
-        return original(q, k, v, attn_mask=lower if attn_mask is None else attn_mask & lower, **kw)
-
-    with mock.patch.object(F, "scaled_dot_product_attention", causal):
-        yield
