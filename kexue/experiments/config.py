@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeVar
 
 from kexue.utils import PROFILES, profile
 
-__all__ = ["Profiles", "config_dict", "config_hash"]
+__all__ = ["Profiles", "apply_overrides", "config_dict", "config_hash"]
 
 C = TypeVar("C")
 
@@ -94,3 +94,13 @@ def config_hash(cfg: Any) -> str:
     """The first 16 hex digits of the SHA-256 of :func:`config_dict`, keys sorted."""
     text = json.dumps(config_dict(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def apply_overrides(cfg: C, overrides: Mapping[str, Any]) -> C:
+    """``dataclasses.replace(cfg, **overrides)``, with list values made tuples and unknown fields named."""
+    names = {f.name for f in dataclasses.fields(cfg)}  # type: ignore[arg-type]
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"{type(cfg).__name__} has no field(s) {unknown}; it has {sorted(names)}")
+    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    return dataclasses.replace(cfg, **fixed)  # type: ignore[type-var]

@@ -21,8 +21,8 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,10 +34,30 @@ from tqdm import tqdm
 
 from kexue import checks
 
-__all__ = ["History", "fit", "lr_factor", "make_adamw", "progress_enabled"]
+__all__ = ["History", "fit", "lr_factor", "make_adamw", "progress_enabled", "step_cap"]
 
 Schedule = Literal["cosine", "linear", "constant"]
 CHECKPOINT_FILE = "loop_state.pt"
+_STEP_CAP: list[int] = []  # the innermost active step_cap
+
+
+@contextmanager
+def step_cap(steps: int | None) -> Iterator[None]:
+    """Within the block, every :func:`fit` call stops after at most ``steps`` steps.
+
+    The schedule keeps its full length (the cap acts like ``stop_at``), so a
+    capped run is the start of the uncapped one. ``None`` leaves runs as they
+    are. ``python -m kexue.experiments --max-steps`` uses it to bound a run.
+    """
+    if steps is None:
+        yield
+        return
+    checks.positive_int("steps", steps)
+    _STEP_CAP.append(steps)
+    try:
+        yield
+    finally:
+        _STEP_CAP.pop()
 
 
 @dataclass
@@ -182,6 +202,8 @@ def fit(
     if clip_norm is not None:
         checks.positive_float("clip_norm", clip_norm)
     lr_factor(0, steps, warmup, schedule, lr_floor)  # validates the schedule name
+    if _STEP_CAP:
+        stop_at = min(stop_at if stop_at is not None else steps, _STEP_CAP[-1])
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer is None:
         optimizer = make_adamw(params, checks.positive_float("lr", lr), weight_decay)

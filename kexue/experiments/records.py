@@ -41,7 +41,18 @@ __all__ = [
     "summarize",
     "fingerprint",
     "run_record",
+    "add_seed",
+    "validate_record",
+    "RUN_FORMAT",
 ]
+
+#: the format tag of a run record (``python -m kexue.experiments``)
+RUN_FORMAT = "kexue-run/1"
+_RUN_KEYS = {
+    "format": str, "chapter": str, "profile": str, "config": dict, "config_hash": str, "seeds": list,
+    "per_seed": list, "summary": dict, "wall_seconds": (int, float), "device": str, "threads": int,
+    "torch": str, "git_commit": (str, type(None)), "date": str, "data": dict,
+}
 
 @dataclass
 class RunResult:
@@ -76,7 +87,37 @@ def load_record(name: str) -> dict[str, Any]:
             f"record {name!r} is missing ({path}); it is written by the recorder that the chapter names "
             "(benchmarks/*.py, tools/*.py or `python -m kexue.experiments`)"
         )
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"record {name!r} ({path}) is not valid JSON: {err}") from None
+    if isinstance(record, dict) and record.get("format") == RUN_FORMAT:
+        validate_record(record, name)
+    return record
+
+
+def validate_record(record: Mapping[str, Any], name: str = "record") -> None:
+    """Check a run record's schema: every key present with its type, one metrics dict per seed.
+
+    Raises ``ValueError`` naming the record and what is wrong.
+    """
+    if not isinstance(record, Mapping):
+        raise ValueError(f"{name}: a record must be a JSON object, got {type(record).__name__}")
+    if record.get("format") != RUN_FORMAT:
+        raise ValueError(f"{name}: format must be {RUN_FORMAT!r}, got {record.get('format')!r}")
+    for key, kind in _RUN_KEYS.items():
+        if key not in record:
+            raise ValueError(f"{name}: missing key {key!r}")
+        if not isinstance(record[key], kind) or isinstance(record[key], bool):
+            raise ValueError(f"{name}: {key!r} must be {kind}, got {type(record[key]).__name__}")
+    if not record["seeds"] or len(record["seeds"]) != len(record["per_seed"]):
+        raise ValueError(f"{name}: needs one per_seed entry per seed, got {len(record['seeds'])} seeds "
+                         f"and {len(record['per_seed'])} entries")
+    if len(set(record["seeds"])) != len(record["seeds"]):
+        raise ValueError(f"{name}: seeds repeat: {record['seeds']}")
+    for key, summ in record["summary"].items():
+        if not isinstance(summ, Mapping) or not {"n", "mean", "std", "ci95"} <= set(summ):
+            raise ValueError(f"{name}: summary[{key!r}] must hold n, mean, std and ci95")
 
 
 def write_record(name: str, record: Mapping[str, Any]) -> Path:
@@ -124,26 +165,34 @@ def run_record(
     *,
     seconds: float,
     data: Mapping[str, Mapping[str, Any]] | None = None,
+    max_steps: int | None = None,
+    seed_seconds: Sequence[float] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The record of one recorded run: ``per_seed[i]`` holds the scalar metrics of ``seeds[i]``."""
+    """The record of one recorded run: ``per_seed[i]`` holds the scalar metrics of ``seeds[i]``.
+
+    ``max_steps`` marks a run whose training was capped
+    (:func:`kexue.experiments.loop.step_cap`); ``overrides`` are the fields
+    changed from the profile's config (``--set``); ``seed_seconds`` is each seed's
+    wall time (default: ``seconds`` split evenly).
+    """
     if len(seeds) != len(per_seed) or not seeds:
         raise ValueError(f"need one metrics dict per seed, got {len(seeds)} seeds and {len(per_seed)} dicts")
-    keys = sorted(set().union(*(m.keys() for m in per_seed)))
-    summary = {
-        k: summarize([m[k] for m in per_seed if k in m and m[k] is not None and math.isfinite(m[k])])
-        for k in keys
-        if any(k in m and m[k] is not None and math.isfinite(m[k]) for m in per_seed)
-    }
+    if seed_seconds is None:
+        seed_seconds = [seconds / len(seeds)] * len(seeds)
     return {
-        "format": "kexue-run/1",
+        "format": RUN_FORMAT,
         "chapter": chapter,
         "profile": profile,
         "config": config_dict(cfg),
         "config_hash": config_hash(cfg),
         "seeds": list(seeds),
+        "max_steps": max_steps,
+        "overrides": config_dict_values(overrides or {}),
         "per_seed": [dict(m) for m in per_seed],
-        "summary": summary,
+        "summary": _summaries(per_seed),
         "wall_seconds": seconds,
+        "seed_seconds": [float(t) for t in seed_seconds],
         "device": str(get_device()),
         "device_name": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
@@ -153,3 +202,52 @@ def run_record(
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "data": {k: dict(v) for k, v in (data or {}).items()},
     }
+
+
+def config_dict_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Override values as JSON-ready data (tuples become lists)."""
+    return json.loads(json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}))
+
+
+def _summaries(per_seed: Sequence[Mapping[str, float]]) -> dict[str, dict[str, Any]]:
+    keys = sorted(set().union(*(m.keys() for m in per_seed)))
+
+    def ok(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    return {k: summarize([m[k] for m in per_seed if ok(m.get(k))]) for k in keys if any(ok(m.get(k)) for m in per_seed)}
+
+
+def add_seed(
+    record: Mapping[str, Any],
+    seed: int,
+    metrics: Mapping[str, float],
+    *,
+    seconds: float,
+    data: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A copy of ``record`` with one more seed's metrics, the summary recomputed.
+
+    Wall time adds up; date, commit, threads and torch version become this
+    chunk's. A data fingerprint that differs from the recorded one raises
+    ``ValueError``: the seeds would not have seen the same data.
+    """
+    validate_record(record)
+    if seed in record["seeds"]:
+        raise ValueError(f"seed {seed} is already in the record")
+    for split, fp in (data or {}).items():
+        old = record["data"].get(split)
+        if old is not None and dict(old) != dict(fp):
+            raise ValueError(f"data split {split!r} differs from the recorded one: {old} vs {dict(fp)}")
+    out = json.loads(json.dumps(record))
+    out["seeds"].append(int(seed))
+    out["per_seed"].append(dict(metrics))
+    out["summary"] = _summaries(out["per_seed"])
+    out["wall_seconds"] = float(record["wall_seconds"]) + float(seconds)
+    out["seed_seconds"] = list(record.get("seed_seconds") or []) + [float(seconds)]
+    out["data"].update({k: dict(v) for k, v in (data or {}).items()})
+    out.update(
+        threads=torch.get_num_threads(), torch=torch.__version__, git_commit=git_commit(),
+        date=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    return out

@@ -1,0 +1,120 @@
+"""How the chapters show recorded runs: summary tables and stale-record warnings.
+
+:func:`record_summary` turns a run record into a Markdown table (mean, 95%
+interval, each seed's value) with a line saying what the record is;
+:func:`stale_warning` returns a visible warning when a record was made with
+another config than the chapter's current one (``None`` otherwise, so a cell
+that displays it shows nothing).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from typing import Any
+
+from kexue.experiments.records import RUN_FORMAT, load_record
+from kexue.experiments.status import current_hash, is_stale
+
+__all__ = ["Markdown", "Html", "record_caption", "record_summary", "stale_warning"]
+
+
+class Markdown:
+    """Text Jupyter (and the book) renders as Markdown."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def _repr_markdown_(self) -> str:
+        return self.text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class Html:
+    """Markup Jupyter (and the book) renders as HTML."""
+
+    def __init__(self, markup: str) -> None:
+        self.markup = markup
+
+    def _repr_html_(self) -> str:
+        return self.markup
+
+    def __str__(self) -> str:
+        return self.markup
+
+
+def _run(name: str) -> dict[str, Any]:
+    rec = load_record(name)
+    if rec.get("format") != RUN_FORMAT:
+        raise ValueError(f"{name!r} is not a run record ({RUN_FORMAT})")
+    return rec
+
+
+def record_caption(name: str) -> str:
+    """One line: profile, seeds, wall time, date, commit and threads of record ``name``."""
+    rec = _run(name)
+    cap = f", every training run capped at {rec['max_steps']} steps" if rec.get("max_steps") else ""
+    commit = (rec.get("git_commit") or "unknown")[:7]
+    return (
+        f"Record `{name}`: `{rec['profile']}` profile{cap}, seeds {', '.join(map(str, rec['seeds']))}, "
+        f"{rec['wall_seconds'] / 60:.0f} min of wall time on {rec['device']} ({rec['threads']} thread(s)), "
+        f"{rec['date'][:10]}, commit {commit}, config {rec['config_hash']}."
+    )
+
+
+def _num(x: float, digits: int) -> str:
+    return f"{x:.{digits}f}"
+
+
+def record_summary(
+    name: str,
+    rows: Sequence[tuple[str, str]] | None = None,
+    *,
+    scale: float = 1.0,
+    digits: int = 3,
+) -> Markdown:
+    """A Markdown table of record ``name``: one row per ``(label, metric)``.
+
+    Columns: mean, 95% Student-t interval of the mean, and each seed's value, all
+    multiplied by ``scale`` (100 for percentages). ``rows`` defaults to every
+    summarised metric, labelled by its key.
+    """
+    rec = _run(name)
+    if rows is None:
+        rows = [(k, k) for k in rec["summary"]]
+    seeds = rec["seeds"]
+    head = ["", "mean", "95% interval", *[f"seed {s}" for s in seeds]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, metric in rows:
+        if metric not in rec["summary"]:
+            raise KeyError(f"record {name!r} has no metric {metric!r}; it has {sorted(rec['summary'])}")
+        summ = rec["summary"][metric]
+        ci = summ["ci95"]
+        interval = "—" if ci is None else f"[{_num(scale * ci[0], digits)}, {_num(scale * ci[1], digits)}]"
+        per = [m.get(metric) for m in rec["per_seed"]]
+        cells = ["—" if v is None else _num(scale * v, digits) for v in per]
+        lines.append("| " + " | ".join([label, _num(scale * summ["mean"], digits), interval, *cells]) + " |")
+    return Markdown("\n".join(lines) + "\n\n" + record_caption(name))
+
+
+def stale_warning(*names: str) -> Html | None:
+    """A warning naming every run record among ``names`` whose config is not the current one."""
+    stale = []
+    for name in names:
+        rec = _run(name)
+        if is_stale(rec):
+            stale.append(
+                f"<code>{html.escape(name)}</code> was recorded with config {rec['config_hash']}, "
+                f"but the chapter's <code>{rec['profile']}</code> config is now "
+                f"{current_hash(rec['chapter'], rec['profile'], rec.get('overrides'))}"
+            )
+    if not stale:
+        return None
+    items = "".join(f"<li>{s}</li>" for s in stale)
+    return Html(
+        '<div class="admonition warning"><p class="admonition-title">Stale record</p>'
+        f"<p>These records no longer match the code that would regenerate them:</p><ul>{items}</ul>"
+        "<p><code>python -m kexue.experiments stale</code> lists every stale record.</p></div>"
+    )
