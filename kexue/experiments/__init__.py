@@ -26,4 +26,7 @@ CHAPTERS: dict[str, str] = {
     "07": "ch07_accumulation",
 }
 
-__all__ = ["CHAPTERS"]
+#: runnable experiment modules that are not a chapter's main run -> their chapter
+EXTRA_EXPERIMENTS: dict[str, str] = {"ch01_budget": "01"}
+
+__all__ = ["CHAPTERS", "EXTRA_EXPERIMENTS"]

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from kexue.experiments import CHAPTERS
+from kexue.experiments import CHAPTERS, EXTRA_EXPERIMENTS
 from kexue.experiments.config import apply_overrides, config_hash
 from kexue.experiments.loop import step_cap
 from kexue.experiments.records import (
@@ -49,6 +49,8 @@ def _module_name(chapter: str) -> str:
     for number, name in CHAPTERS.items():
         if key in (number, f"ch{number}", name, name.split("_", 1)[1]):
             return name
+    if key in EXTRA_EXPERIMENTS:
+        return key
     raise SystemExit(f"unknown chapter {chapter!r}; choose one of {', '.join(CHAPTERS)} or {', '.join(CHAPTERS.values())}")
 
 
@@ -87,13 +89,22 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _commit(path: Path, message: str) -> None:
-    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, cwd=path.parent)
-    if root.returncode:
+def _commit(path: Path, message: str, attempts: int = 5) -> None:
+    """Commit ``path`` alone; a busy index (another git process) is retried, and a failure only warns."""
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, cwd=path.parent)
+    if top.returncode:
         print(f"--commit: {path} is not in a git work tree; not committed", file=sys.stderr)
         return
-    subprocess.run(["git", "add", "--", str(path)], check=True, cwd=root.stdout.strip())
-    subprocess.run(["git", "commit", "-q", "-m", message, "--", str(path)], check=True, cwd=root.stdout.strip())
+    root = top.stdout.strip()
+    for attempt in range(attempts):
+        add = subprocess.run(["git", "add", "--", str(path)], capture_output=True, text=True, cwd=root)
+        done = add.returncode == 0 and subprocess.run(
+            ["git", "commit", "-q", "-m", message, "--", str(path)], capture_output=True, text=True, cwd=root
+        ).returncode == 0
+        if done:
+            return
+        time.sleep(2.0 * (attempt + 1))
+    print(f"--commit: could not commit {path}; the record is written, commit it by hand", file=sys.stderr)
 
 
 def run_chapter(module_name: str, args: argparse.Namespace) -> Path | None:

@@ -95,13 +95,13 @@ class GrowthConfig:
         checks.float_in("mask_rate", self.mask_rate, 0.0, 1.0)
 
 
-#: smoke: the notebook's run (about half a minute on CPU); book: a 64 -> 128 run of about 15 CPU
-#: minutes per seed, meant for ``python -m kexue.experiments 06 --profile book --seeds 0 1 2``;
+#: smoke: the notebook's run (about half a minute on CPU); book: a 64 -> 128 run of 600 + 600
+#: steps (several CPU minutes per seed), recorded with ``python -m kexue.experiments 06 --profile book --seeds 0 1 2``;
 #: full: 128 -> 256, 3,000 + 3,000 steps (a GPU run).
 CONFIGS: Profiles[GrowthConfig] = Profiles(
     smoke=GrowthConfig(),
     book=GrowthConfig(
-        small_dim=64, max_len=48, small_steps=1000, big_steps=1000, lr=1e-3, eval_every=50, eval_sentences=1000,
+        small_dim=64, max_len=48, small_steps=600, big_steps=600, lr=1e-3, eval_every=50, eval_sentences=1000,
     ),
     full=GrowthConfig(
         small_dim=128, depth=4, heads=4, max_len=64, batch_size=128, small_steps=3000, big_steps=3000,

@@ -13,13 +13,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kexue.experiments import CHAPTERS
+from kexue.experiments import CHAPTERS, EXTRA_EXPERIMENTS
 from kexue.experiments.config import apply_overrides, config_hash
 from kexue.experiments.records import RECORDS_DIR, RUN_FORMAT, load_record
 
 __all__ = ["current_hash", "is_stale", "run_record_names", "stale_records", "record_rows"]
 
-_MODULES = {name: importlib.import_module(f"kexue.experiments.{name}") for name in CHAPTERS.values()}
+_MODULES = {
+    name: importlib.import_module(f"kexue.experiments.{name}") for name in [*CHAPTERS.values(), *EXTRA_EXPERIMENTS]
+}
 
 
 def current_hash(chapter: str, profile: str, overrides: Mapping[str, Any] | None = None) -> str:
@@ -62,7 +64,7 @@ def record_rows() -> list[dict[str, Any]]:
         rec = load_record(name)
         rows.append({
             "record": name,
-            "chapter": rec["chapter"][2:4],
+            "chapter": EXTRA_EXPERIMENTS.get(rec["chapter"], rec["chapter"][2:4]),
             "profile": rec["profile"]
             + "".join(f", {k}={v}" for k, v in (rec.get("overrides") or {}).items())
             + (f" (capped at {rec['max_steps']} steps)" if rec.get("max_steps") else ""),
