@@ -32,8 +32,8 @@ import torch
 from kexue.experiments import CHAPTERS, EXTRA_EXPERIMENTS
 from kexue.experiments.config import apply_overrides, config_hash
 from kexue.experiments.loop import step_cap
+from kexue.experiments import records
 from kexue.experiments.records import (
-    RECORDS_DIR,
     add_seed,
     load_record,
     record_path,
@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = stale_records()
         for row in rows:
             print(f"{row['name']}: recorded config {row['recorded']}, current {row['current']} ({row['profile']})")
-        print(f"{len(rows)} stale record(s) under {RECORDS_DIR}")
+        print(f"{len(rows)} stale record(s) under {records.RECORDS_DIR}")
         return 0
     names = list(CHAPTERS.values()) if args.chapter == "all" else [_module_name(args.chapter)]
     if args.name and len(names) > 1:

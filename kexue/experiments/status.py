@@ -15,9 +15,12 @@ from typing import Any
 
 from kexue.experiments import CHAPTERS, EXTRA_EXPERIMENTS
 from kexue.experiments.config import apply_overrides, config_hash
-from kexue.experiments.records import RECORDS_DIR, RUN_FORMAT, load_record
+from kexue.experiments import records
+from kexue.experiments.records import RUN_FORMAT, load_record
 
-__all__ = ["current_hash", "is_stale", "run_record_names", "stale_records", "record_rows"]
+__all__ = [
+    "current_hash", "is_stale", "run_record_names", "stale_records", "record_rows", "other_rows", "markdown_table",
+]
 
 _MODULES = {
     name: importlib.import_module(f"kexue.experiments.{name}") for name in [*CHAPTERS.values(), *EXTRA_EXPERIMENTS]
@@ -39,8 +42,8 @@ def is_stale(record: Mapping[str, Any]) -> bool:
 def run_record_names() -> list[str]:
     """The names of every run record (format ``kexue-run/1``), sorted."""
     names = []
-    for path in sorted(Path(RECORDS_DIR).rglob("*.json")):
-        name = path.relative_to(RECORDS_DIR).with_suffix("").as_posix()
+    for path in sorted(Path(records.RECORDS_DIR).rglob("*.json")):
+        name = path.relative_to(records.RECORDS_DIR).with_suffix("").as_posix()
         if load_record(name).get("format") == RUN_FORMAT:
             names.append(name)
     return names
@@ -75,3 +78,48 @@ def record_rows() -> list[dict[str, Any]]:
             "current": "yes" if not is_stale(rec) else "stale: config changed",
         })
     return rows
+
+
+def _date_of(rec: Mapping[str, Any]) -> str:
+    for key in ("date",):
+        if isinstance(rec.get(key), str):
+            return rec[key][:10]
+    meta = rec.get("meta")
+    if isinstance(meta, Mapping) and isinstance(meta.get("date"), str):
+        return meta["date"][:10]
+    return "not recorded"
+
+
+def _threads_of(rec: Mapping[str, Any]) -> str:
+    for source in (rec, rec.get("meta") or {}, rec.get("environment") or {}, rec.get("env_start") or {}):
+        if isinstance(source, Mapping) and isinstance(source.get("threads"), int):
+            return str(source["threads"])
+    return "not recorded"
+
+
+def other_rows() -> list[dict[str, Any]]:
+    """Every record that is not a run record: benchmarks (``benchmarks/*``) and one-run records."""
+    rows = []
+    for path in sorted(Path(records.RECORDS_DIR).rglob("*.json")):
+        name = path.relative_to(records.RECORDS_DIR).with_suffix("").as_posix()
+        rec = load_record(name)
+        if rec.get("format") == RUN_FORMAT:
+            continue
+        rows.append({
+            "record": name,
+            "kind": "benchmark" if name.startswith("benchmarks/") else "one recorded run",
+            "date": _date_of(rec),
+            "threads": _threads_of(rec),
+            "commit": str(rec.get("git_commit") or "not recorded")[:7],
+        })
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """Rows of equal keys as a Markdown table."""
+    if not rows:
+        return "_none_"
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)

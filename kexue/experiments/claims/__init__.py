@@ -57,6 +57,7 @@ __all__ = [
     "Bound",
     "Exact",
     "FromRecord",
+    "PerSeed",
     "NotTested",
     "interval",
     "chapter_claims",
@@ -335,6 +336,56 @@ class FromRecord(Criterion):
                       f"[{lo:.{self.digits}g}, {hi:.{self.digits}g}], n = {n}")
         stale = _stale(rec) if rec.get("format") == RUN_FORMAT else False
         return Outcome(verdict, detail, stale=stale)
+
+
+@dataclass(frozen=True)
+class PerSeed(Criterion):
+    """A per-seed quantity computed from one or more run records, judged over its 95% interval.
+
+    ``fn(records)`` gets the loaded records (in the order of ``records``) and
+    returns one value per seed; the records must hold the same seeds (they are
+    paired by seed). Example: the gap between SimCSE and whitening at the
+    largest pretraining budget minus the gap at the smallest.
+    """
+
+    records: tuple[str, ...]
+    fn: Callable[[Sequence[Mapping[str, Any]]], Sequence[float]]
+    what: str
+    at_least: float | None = None
+    at_most: float | None = None
+    unit: str = ""
+    digits: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.records:
+            raise ValueError("records must name at least one record")
+        if self.at_least is None and self.at_most is None:
+            raise ValueError("give at_least, at_most or both")
+
+    @property
+    def text(self) -> str:
+        parts = []
+        if self.at_least is not None:
+            parts.append(f"≥ {self.at_least:g}")
+        if self.at_most is not None:
+            parts.append(f"≤ {self.at_most:g}")
+        return f"{self.what} {' and '.join(parts)}{self.unit}, over the 95% interval of paired seeds"
+
+    def evaluate(self, one_run: str | None = None) -> Outcome:
+        recs = []
+        for name in self.records:
+            try:
+                recs.append(load_record(name))
+            except FileNotFoundError:
+                return _missing(name)
+        seeds = [tuple(r.get("seeds", ())) for r in recs]
+        if any(s != seeds[0] for s in seeds):
+            return Outcome("inconclusive", f"the records hold different seeds: {dict(zip(self.records, seeds))}")
+        xs = [float(v) for v in self.fn(recs)]
+        mean, lo, hi = interval(xs)
+        verdict = _judge(lo, hi, mean, len(xs), self.at_least, self.at_most, one_run)
+        detail = f"{self.what} = " + _describe(mean, lo, hi, len(xs), self.unit, self.digits)
+        return Outcome(verdict, detail, stale=any(_stale(r) for r in recs))
 
 
 @dataclass(frozen=True)

@@ -35,10 +35,10 @@ FULL = "ner_full"
 BENCH = "benchmarks/globalpointer"
 
 F64 = torch.float64
-_BOOK_SCALE = ("book profile: 20,000 MSRA training sentences, the whole test split, cut at 64 tokens, "
-               "frozen 4-layer encoder (heads only), 10 epochs, 3 seeds")
+_BOOK_SCALE = ("book profile: 8,000 MSRA training sentences, the whole test split, cut at 64 tokens, "
+               "frozen 4-layer encoder (heads only), 6 epochs, 3 seeds")
 _NESTED_SCALE = ("book profile, silver nested MSRA (same sentences as the flat run), frozen encoder, "
-                 "10 epochs, 3 seeds")
+                 "6 epochs, 3 seeds")
 _FULL_SCALE = ("full profile, recorded: all of MSRA, encoder fine-tuned, cut at 128 tokens, "
                "3 of the recipe's 10 epochs, 1 seed")
 _E2E_SCALE = ("benchmark, end to end: shipped 4-layer encoder of width 256, batch 16, n = 64, 128, 256, "

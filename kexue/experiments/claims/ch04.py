@@ -65,9 +65,9 @@ AUTHOR = "ch04_vmf_book_d4_kappa20"
 SWEEP = {k: f"ch04_vmf_smoke_kappa{k}" for k in (5, 20, 50, 100)}
 
 _BOOK_SCALE = ("book profile: Fashion-MNIST (60k train / 10k test, binarised), d = 16, "
-               "kappa = 50, MADE decoder 2 x 1024, 20 epochs, 3 seeds")
+               "kappa = 50, MADE decoder 2 x 1024, 8 epochs, 3 seeds")
 _AUTHOR_SCALE = ("book profile with the author's d = 4, kappa = 20: Fashion-MNIST, "
-                 "MADE decoder 2 x 1024, 20 epochs, 3 seeds")
+                 "MADE decoder 2 x 1024, 8 epochs, 3 seeds")
 _LAST = "Measured on the test set after the last epoch (no validation split)."
 
 
