@@ -21,6 +21,7 @@ import torch
 from kexue import globalpointer as gp
 from kexue import rope
 from kexue.experiments.claims import Bound, Claim, Difference, Exact, FromRecord, NotTested, Within
+import kexue.experiments.ch02_globalpointer as _experiments_ch02_globalpointer
 
 __all__ = [
     "CLAIMS", "BOOK", "FULL", "BENCH",
@@ -218,7 +219,7 @@ def check_decode_nested() -> tuple[float, float]:
 
 def check_bio_loses_inner() -> tuple[float, float]:
     """Spans where (gold − BIO round trip of the gold) differs from the gold's nested inner spans (toy gold)."""
-    from kexue.experiments.ch02_globalpointer import inner_spans
+    inner_spans = _experiments_ch02_globalpointer.inner_spans
 
     wrong = 0
     for g in _NESTED_GOLD:

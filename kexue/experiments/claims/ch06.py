@@ -12,6 +12,7 @@ section 10 is judged on the book record ``ch06_growth_book``.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -20,6 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from kexue.experiments.claims import Bound, Claim, Difference, Exact, FromRecord, NotTested
+import kexue.experiments.ch06_growth as _experiments_ch06_growth
+import kexue.growth as _growth
+import kexue.nn as _nn
+import kexue.rope as _rope
 
 __all__ = [
     "CLAIMS",
@@ -61,7 +66,7 @@ def _randn(*shape: int, g: torch.Generator) -> torch.Tensor:
 
 
 def _config(**overrides: Any):
-    from kexue.nn import TransformerConfig
+    TransformerConfig = _nn.TransformerConfig
 
     base = dict(vocab_size=60, dim=16, depth=2, heads=2, ffn_dim=64, max_len=12, dropout=0.0,
                 attention_dropout=0.0, layer_norm_eps=1e-5)
@@ -83,7 +88,7 @@ def _mlm_loss(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> 
 # ----------------------------------------------------------------------------- sections 1-5
 def check_isometry() -> tuple[float, float]:
     """Eqs. (ch06-embed), (ch06-linear): ``A A^T = I``, norms kept, ``x~ W~ + b~ = (x W + b) A`` for k = 2, 3, 4."""
-    from kexue.growth import Expansion
+    Expansion = _growth.Expansion
 
     g = torch.Generator().manual_seed(0)
     x, W, b = _randn(5, 6, g=g), _randn(6, 4, g=g), _randn(4, g=g)
@@ -105,7 +110,7 @@ def check_isometry() -> tuple[float, float]:
 
 def _layer_norm_error(grown_eps: Callable[[float, int], float]) -> float:
     """Grown LayerNorm (gamma, beta / sqrt(2), eps from ``grown_eps``) against the grown small output."""
-    from kexue.growth import Expansion
+    Expansion = _growth.Expansion
 
     g = torch.Generator().manual_seed(0)
     xs = 0.01 * _randn(4, 6, g=g)  # small activations: eps matters
@@ -128,7 +133,7 @@ def check_layer_norm_article() -> tuple[float, float]:
 
 def _ffn_error(b2_rule: Callable[[torch.Tensor], torch.Tensor]) -> float:
     """GELU FFN grown by Eq. (ch06-ffn), with the second bias grown by ``b2_rule``."""
-    from kexue.growth import Expansion
+    Expansion = _growth.Expansion
 
     g = torch.Generator().manual_seed(0)
     x = _randn(5, 6, g=g)
@@ -151,7 +156,7 @@ def check_ffn_bias_article() -> tuple[float, float]:
 
 def check_attention_scale() -> tuple[float, float]:
     """Eq. (ch06-attn-scale): queries and keys times 2^(1/4) keep the logits when the head size doubles."""
-    from kexue.growth import Expansion
+    Expansion = _growth.Expansion
 
     def attention(x, Wq, Wk, Wv, heads, scale):
         q, k, v = (t.unflatten(-1, (heads, -1)).transpose(0, 1) for t in (x @ Wq, x @ Wk, x @ Wv))
@@ -173,8 +178,9 @@ def check_attention_scale() -> tuple[float, float]:
 # ----------------------------------------------------------------------------- section 6
 def check_rope_placement() -> tuple[float, float]:
     """Eq. (ch06-rope): pair i of a head written into pair k i keeps every score under standard RoPE."""
-    from kexue.growth import Expansion
-    from kexue.rope import apply_rope, rope_frequencies
+    Expansion = _growth.Expansion
+    apply_rope = _rope.apply_rope
+    rope_frequencies = _rope.rope_frequencies
 
     g = torch.Generator().manual_seed(0)
     q, k = _randn(5, 8, g=g), _randn(5, 8, g=g)
@@ -193,9 +199,9 @@ def check_rope_saddle() -> tuple[float, float]:
     each optimiser (tolerance 0), or infinity if, with ``widen(noise=0.1)``, the
     empty *key* rows do not move by more than 1e-4 under AdamW (noise must seed them).
     """
-    from kexue.experiments.ch06_growth import unused_rope_rows
-    from kexue.growth import widen
-    from kexue.nn import MaskedLM
+    unused_rope_rows = _experiments_ch06_growth.unused_rope_rows
+    widen = _growth.widen
+    MaskedLM = _nn.MaskedLM
 
     ids, mask = _batch()
     with _seeded(0):
@@ -221,8 +227,8 @@ def check_rope_saddle() -> tuple[float, float]:
 # ----------------------------------------------------------------------------- sections 7-8
 def check_whole_model() -> tuple[float, float]:
     """``widen`` keeps a MaskedLM's logits: pre/post-LN x learned/rotary/no positions x heads x conventions."""
-    from kexue.growth import widen
-    from kexue.nn import MaskedLM
+    widen = _growth.widen
+    MaskedLM = _nn.MaskedLM
 
     ids, mask = _batch()
     worst = 0.0
@@ -241,9 +247,12 @@ def check_whole_model() -> tuple[float, float]:
 
 def check_hf_bert() -> tuple[float, float]:
     """``widen_hf_bert`` keeps a (random, tiny) Hugging Face ``BertModel``'s hidden states, both head options."""
-    import transformers
+    with warnings.catch_warnings():  # tqdm.auto warns that ipywidgets is absent; we show no bars
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        import transformers
 
-    from kexue.growth import expand_hidden, widen_hf_bert
+    expand_hidden = _growth.expand_hidden
+    widen_hf_bert = _growth.widen_hf_bert
 
     cfg = transformers.BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                   intermediate_size=32, max_position_embeddings=16, hidden_dropout_prob=0.0,
@@ -266,8 +275,8 @@ def check_gpt() -> tuple[float, float]:
 
     Infinity if the grown model is not causal.
     """
-    from kexue.growth import widen
-    from kexue.nn import MaskedLM
+    widen = _growth.widen
+    MaskedLM = _nn.MaskedLM
 
     ids, _ = _batch()
     tokens = ids[:, :10]
@@ -288,8 +297,8 @@ def check_gpt() -> tuple[float, float]:
 
 def check_deepen() -> tuple[float, float]:
     """``deepen`` keeps the function of a pre-LN model (eps 1e-5) and of a post-LN model with eps = 0."""
-    from kexue.growth import deepen
-    from kexue.nn import MaskedLM
+    deepen = _growth.deepen
+    MaskedLM = _nn.MaskedLM
 
     ids, mask = _batch()
     worst = 0.0
@@ -308,8 +317,10 @@ def check_sgd_rate() -> tuple[float, float]:
 
     The error is the larger of the output difference and the grown model's symmetry gap.
     """
-    from kexue.growth import growth_gains, symmetry_gap, widen
-    from kexue.nn import MaskedLM
+    growth_gains = _growth.growth_gains
+    symmetry_gap = _growth.symmetry_gap
+    widen = _growth.widen
+    MaskedLM = _nn.MaskedLM
 
     ids, mask = _batch()
     with _seeded(0):
@@ -333,9 +344,9 @@ def check_adam_rule() -> tuple[float, float]:
 
     The error is max |grown parameter - widen(small twin) parameter|.
     """
-    from kexue.experiments.ch06_growth import adam_twin_groups
-    from kexue.growth import widen
-    from kexue.nn import MaskedLM
+    adam_twin_groups = _experiments_ch06_growth.adam_twin_groups
+    widen = _growth.widen
+    MaskedLM = _nn.MaskedLM
 
     ids, mask = _batch()
     lr, eps, wd = 1e-2, 1e-8, 0.01
@@ -357,8 +368,9 @@ def check_adam_rule() -> tuple[float, float]:
 
 def check_noise() -> tuple[float, float]:
     """``widen(noise=0.1)`` keeps the function; infinity if its symmetry gap is not above 1e-2."""
-    from kexue.growth import symmetry_gap, widen
-    from kexue.nn import MaskedLM
+    symmetry_gap = _growth.symmetry_gap
+    widen = _growth.widen
+    MaskedLM = _nn.MaskedLM
 
     ids, mask = _batch()
     with _seeded(0):

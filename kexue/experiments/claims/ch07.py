@@ -21,6 +21,8 @@ import torch
 
 import kexue.accumulation as acc
 from kexue.experiments.claims import Claim, Difference, Exact, FromRecord, Within
+import kexue.experiments.ch07_accumulation as _ch07_module
+import kexue.nn as _nn
 
 __all__ = ["CLAIMS", "BOOK", "BENCH"]
 
@@ -37,7 +39,8 @@ TOY_SCALE = "float64, toy encoder (1 block, width 16, dropout 0.2), 6 sentences 
 # ---------------------------------------------------------------------------
 def _toy(seed: int = 0) -> tuple[acc.SentenceEncoder, torch.Tensor]:
     """The toy float64 sentence encoder and 6 sentences of token ids, two views on adjacent rows."""
-    from kexue.nn import TransformerConfig, TransformerEncoder
+    TransformerConfig = _nn.TransformerConfig
+    TransformerEncoder = _nn.TransformerEncoder
 
     torch.manual_seed(seed)
     encoder = acc.SentenceEncoder(TransformerEncoder(TransformerConfig(**TINY))).double()
@@ -135,7 +138,7 @@ def check_replay_needed() -> tuple[float, float]:
 
 def check_bert() -> tuple[float, float]:
     """Two-pass vs full batch on the shipped character BERT, float64, dropout 0.1, 4 sentences."""
-    from kexue.experiments import ch07_accumulation as ch07
+    ch07 = _ch07_module
 
     cfg = ch07.CONFIGS["smoke"]
     with torch.random.fork_rng():
@@ -188,7 +191,7 @@ def check_openclip_no_replay() -> tuple[float, float]:
 
 def check_misscaled_updates() -> tuple[float, float]:
     """The five effects of a gradient 3x too large on one parameter (the chapter's replay)."""
-    from kexue.experiments import ch07_accumulation as ch07
+    ch07 = _ch07_module
 
     by = {(r["optimizer"], r["clip"]): r for r in ch07.misscaled_gradient_updates(3.0)}
     holds = [
@@ -233,7 +236,7 @@ def check_batchnorm_refused() -> tuple[float, float]:
 @functools.lru_cache(maxsize=1)
 def _distributed_error() -> float:
     """Worst relative gradient error of 2 gloo ranks (two-pass and all-gather recipes) vs one process."""
-    from kexue.experiments import ch07_accumulation as ch07
+    ch07 = _ch07_module
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
