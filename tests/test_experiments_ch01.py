@@ -10,6 +10,8 @@ import torch
 from kexue.experiments.ch01_simcse import (
     CONFIGS, SimCSEConfig, head_drift, orthogonal_start, run, tfidf_spearman,
 )
+from kexue.experiments import ch01_budget
+from kexue.experiments.loop import step_cap
 from kexue.experiments.records import RunResult
 from kexue.experiments.simcse_training import PooledEncoder, pair_rows, train_simcse
 from kexue.nn import MaskedLM, TransformerConfig
@@ -197,3 +199,24 @@ def test_train_simcse_restores_the_callers_flags_and_the_check_can_fail(trainabl
             p.requires_grad_(True)
 
     assert not _keeps_caller_flags(unfreezing)
+
+
+@pytest.mark.slow
+def test_budget_run_scores_a_random_encoder_with_one_simcse_step():
+    """The budget curve's run (steps=0: the random-init control) with every training run capped at one step."""
+    cfg = dataclasses.replace(ch01_budget.CONFIGS["smoke"], steps=0, sentences=128)
+    with step_cap(1):
+        result = ch01_budget.run(cfg, seed=0)
+    keys = {"raw", "whitening", "tfidf", *(ch01_budget.lr_key(lr) for lr in cfg.lrs)}
+    assert keys <= set(result.metrics)
+    assert all(-1.0 <= result.metrics[k] <= 1.0 for k in keys)
+    assert "mlm_accuracy" not in result.metrics  # a random encoder has no pretraining record
+
+
+def test_budget_config_and_paths_are_checked():
+    with pytest.raises(ValueError, match="steps must be at most"):
+        ch01_budget.BudgetConfig(steps=4000)
+    with pytest.raises(ValueError, match="lrs"):
+        ch01_budget.BudgetConfig(lrs=())
+    assert ch01_budget.budget_dir(250).name == "step250"
+    assert ch01_budget.lr_key(1e-5) == "simcse_lr1e-05"
