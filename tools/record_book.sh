@@ -56,5 +56,5 @@ worker() {
   done
 }
 
-for i in $(seq 1 "${WORKERS:-1}"); do worker "$i" & done
+for i in $(seq 1 "${WORKERS:-1}"); do worker "$((i + ${WORKER_OFFSET:-0}))" & done
 wait

@@ -287,12 +287,12 @@ class Exact(Criterion):
 
     @property
     def text(self) -> str:
-        return f"{self.what} ≤ tolerance (float64, recomputed)"
+        return f"{self.what} ≤ tolerance (float64, recomputed at every build)"
 
     def evaluate(self, one_run: str | None = None) -> Outcome:
         err, tol = self.check()
         ok = bool(err <= tol)
-        return Outcome("reproduced" if ok else "refuted", f"{self.what} {err:.2g} (tolerance {tol:.2g})")
+        return Outcome("reproduced" if ok else "refuted", f"{err:.2g} against a tolerance of {tol:.2g}")
 
 
 @dataclass(frozen=True)
