@@ -31,11 +31,11 @@ BOOK = "ch01_simcse_book"
 BUDGETS: tuple[int, ...] = (0, 250, 500, 1000, 2000, 3500)
 E5 = "e5_reference"
 F64 = torch.float64
-_BOOK_SCALE = ("book profile: shipped 4-layer char-BERT, SimCSE on 5,000 STS-B train sentences "
-               "(78 steps at lr 3e-5), STS-B test, 3 seeds")
+_BOOK_SCALE = ("book profile: shipped 4-layer char-BERT, SimCSE on 2,560 STS-B train sentences "
+               "(40 steps at lr 1e-4), STS-B test, 3 seeds")
 _BUDGET_SCALE = ("book profile of the budget curve: encoders after 0 to 3,500 pretraining steps, "
-                 "SimCSE on 5,000 sentences (78 steps), last-avg pooling, STS-B test, 3 seeds")
-_FROZEN_LR = "frozen_linear_lr0.003"  # the frozen-encoder head at 100 x the book lr
+                 "SimCSE on 2,560 sentences (40 steps), last-avg pooling, STS-B test, 3 seeds")
+_FROZEN_LR = "frozen_linear_lr0.01"  # the frozen-encoder head at 100 x the book lr
 
 
 def budget_record(steps: int) -> str:
