@@ -516,33 +516,38 @@ def table(chapter: str) -> _HtmlTable:
 
 
 class _HtmlTable(_Html):
+    """Claims as an HTML table: the glance layout (chapter, claim, source, verdict, result) or a chapter's
+    (claim with its scale and evidence, source, criterion, result, verdict; rows carry ids to link to)."""
+
     def __init__(self, rows: Sequence[tuple[Claim, Outcome]], *, with_chapter: bool) -> None:
         self.rows = list(rows)
-        head = ["Claim", "Source", "Scale tested", "Evidence", "Criterion", "Result", "Verdict"]
         if with_chapter:
-            head.insert(0, "Chapter")
-        out = ['<table class="kexue-claims">', "<thead><tr>"]
+            head = ["Chapter", "Claim", "Source", "Verdict", "Result"]
+        else:
+            head = ["Claim", "Source", "Criterion", "Result", "Verdict"]
+        out = ['<div class="kexue-claims-wrap"><table class="kexue-claims">', "<thead><tr>"]
         out += [f"<th>{h}</th>" for h in head]
         out.append("</tr></thead><tbody>")
         for claim, outcome in self.rows:
-            if with_chapter:
-                link = f"{chapter_page(claim.chapter)}.html#{claim.anchor}"
-                first = f'<td><a href="{link}">{claim.chapter}</a></td>'
-                statement = f'<a href="{link}">{html.escape(claim.statement)}</a>'
-                row_id = ""
-            else:
-                first = ""
-                statement = html.escape(claim.statement)
-                row_id = f' id="{claim.anchor}"'
             note = f"<br><small>{html.escape(claim.note)}</small>" if claim.note else ""
             one = f"<br><small>one run: {html.escape(claim.one_run)}</small>" if claim.one_run else ""
-            out.append(
-                f"<tr{row_id}>{first}<td>{statement}{note}</td><td>{html.escape(claim.source)}</td>"
-                f"<td>{html.escape(claim.scale)}</td><td>{_evidence_cell(claim)}</td>"
-                f"<td>{html.escape(claim.criterion.text)}</td><td>{html.escape(outcome.detail)}{one}</td>"
-                f"<td>{_badge(outcome)}</td></tr>"
-            )
-        out.append("</tbody></table>")
+            result = f"{html.escape(outcome.detail)}{one}"
+            if with_chapter:
+                link = f"{chapter_page(claim.chapter)}.html#{claim.anchor}"
+                out.append(
+                    f'<tr><td><a href="{link}">{claim.chapter}</a></td>'
+                    f'<td><a href="{link}">{html.escape(claim.statement)}</a></td>'
+                    f"<td>{html.escape(claim.source)}</td><td>{_badge(outcome)}</td><td>{result}</td></tr>"
+                )
+            else:
+                where = (f"<br><small>Scale: {html.escape(claim.scale)}. Evidence: {_evidence_cell(claim)}."
+                         "</small>")
+                out.append(
+                    f'<tr id="{claim.anchor}"><td>{html.escape(claim.statement)}{where}{note}</td>'
+                    f"<td>{html.escape(claim.source)}</td><td>{html.escape(claim.criterion.text)}</td>"
+                    f"<td>{result}</td><td>{_badge(outcome)}</td></tr>"
+                )
+        out.append("</tbody></table></div>")
         super().__init__("\n".join(out))
 
     def records(self) -> list[dict[str, Any]]:
