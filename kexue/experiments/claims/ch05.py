@@ -585,7 +585,7 @@ CLAIMS: list[Claim] = [
     *[
         Claim(
             id=f"05.fixed-fits-msra-{name.replace('_', '-')}",
-            statement=f"A fixed mixer fits a single task: {_LABELS[name]} comes within 5 entity-F1 points of "
+            statement=f"A fixed mixer fits a single task: {_LABELS[name]} scores no more than 5 entity-F1 points below "
                       "attention on MSRA tagging, same encoder width and depth.",
             source="article",
             scale=_BOOK_SCALE,
