@@ -216,8 +216,10 @@ def test_add_seed_recomputes_summary_and_refuses_other_data():
     assert rec["seed_seconds"] == [2.0, 4.0]
     with pytest.raises(ValueError, match="already in the record"):
         add_seed(rec, 1, {"a": 0.0}, seconds=1.0)
-    with pytest.raises(ValueError, match="differs from the recorded one"):
-        add_seed(rec, 2, {"a": 0.0}, seconds=1.0, data={"train": {"size": 4, "sha256": "abd"}})
+    # a split drawn by the seed is kept per seed, and leaves the common data
+    rec = add_seed(rec, 2, {"a": 0.0}, seconds=1.0, data={"train": {"size": 4, "sha256": "abd"}})
+    assert rec["seed_data"][2] == {"train": {"size": 4, "sha256": "abd"}} and "train" not in rec["data"]
+    assert rec["seed_data"][0] == rec["seed_data"][1] == {"train": {"size": 3, "sha256": "abc"}}
 
 
 def test_stale_record_is_flagged(tmp_records):
