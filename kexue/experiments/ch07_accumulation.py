@@ -38,7 +38,9 @@ from kexue.accumulation import (
     SavedTensorMeter,
     SentenceEncoder,
     all_gather_with_grad,
+    contrastive_backward,
     distributed_contrastive_backward,
+    full_batch_backward,
     simcse_loss,
 )
 from kexue.data import load_sts_b
@@ -63,6 +65,7 @@ __all__ = [
     "activation_peak",
     "misscaled_gradient_updates",
     "plot_memory",
+    "memory_curve",
     "plot_losses",
     "spawn_gloo",
     "build_check_model",
@@ -165,8 +168,10 @@ def run(cfg: AccumulationConfig, seed: int = 0) -> RunResult:
     """SimCSE with a small batch and with a large accumulated batch, same seed and step count.
 
     Metrics: ``spearman_before``, ``spearman_small``, ``spearman_large`` (test Spearman of
-    the mean-pooled cosine). Artifacts: ``spearman`` and ``losses`` keyed by run label,
-    ``seconds`` per run.
+    the mean-pooled cosine), and the activation-memory curve of :func:`memory_curve`,
+    ``memory_full_<b>`` and ``memory_twopass_<b>`` (MiB saved for backward, weights
+    excluded) for each ``b`` of ``cfg.memory_batches``. Artifacts: ``spearman`` and
+    ``losses`` keyed by run label, ``seconds`` per run.
     """
     device = get_device()
     sentences = train_sentences()
@@ -187,6 +192,7 @@ def run(cfg: AccumulationConfig, seed: int = 0) -> RunResult:
         )
         losses[label], seconds[label] = result.losses, result.seconds
         spearman[label] = metrics[f"spearman_{key}"] = sts_score(model, tokenizer, test_pairs, cfg.max_chars)
+    metrics.update(memory_curve(cfg, device=device))
     return RunResult(
         metrics=metrics,
         artifacts={"spearman": spearman, "losses": losses, "seconds": seconds},
@@ -207,6 +213,25 @@ def activation_peak(
         method(encoder, inputs, loss_fn, micro_batch_size)
     encoder.zero_grad(set_to_none=True)
     return meter.peak
+
+
+def memory_curve(cfg: AccumulationConfig, *, device: torch.device | None = None) -> dict[str, float]:
+    """Activation memory against batch size: ``memory_full_<b>`` and ``memory_twopass_<b>`` in MiB.
+
+    For each ``b`` of ``cfg.memory_batches``, the peak bytes autograd saves for backward
+    (weights excluded, :func:`activation_peak`) in one full-batch step and in one two-pass
+    step with micro-batches of ``cfg.memory_micro_batch`` sentences, on the shipped encoder
+    in float32, sentences padded to ``cfg.max_chars`` so only the row count changes.
+    """
+    encoder, tokenizer = load_sentence_encoder(cfg, device=device)
+    sentences = train_sentences()
+    out = {}
+    for b in cfg.memory_batches:
+        batch = pair_rows(tokenizer, sentences[:b], cfg.max_chars, pad_to_max=True).to(device or get_device())
+        for key, method in (("full", full_batch_backward), ("twopass", contrastive_backward)):
+            peak = activation_peak(method, encoder, batch, simcse_loss, 2 * cfg.memory_micro_batch)
+            out[f"memory_{key}_{b}"] = peak / 2**20
+    return out
 
 
 def misscaled_gradient_updates(

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 import kexue.accumulation as acc
-from kexue.experiments.claims import Claim, Difference, Exact, FromRecord, Within
+from kexue.experiments.claims import Claim, Difference, Exact, FromRecord, PerSeed, Within
 import kexue.experiments.ch07_accumulation as _ch07_module
 import kexue.nn as _nn
 
@@ -327,7 +327,26 @@ def float32_bert_error(rec: Mapping[str, Any]) -> tuple[float, None, None, int]:
 BENCH_SCALE = "benchmark: character BERT, 32 sentences, float32, CPU, 1 thread, 9 interleaved rounds"
 DETERMINISTIC = "a deterministic computation (counted bytes or a fixed-seed gradient), not a timing"
 BOOK_SCALE = ("book profile: character BERT, STS-B train sentences, batch 32 vs 128 "
-              "(micro-batches of 32), 200 AdamW steps, all 1361 test pairs, 3 seeds")
+              "(micro-batches of 32), 120 AdamW steps, all 1361 test pairs, 3 seeds")
+MEMORY_SCALE = ("book profile: character BERT in float32, sentences padded to 32 characters, "
+                "batches of 8 to 128 sentences, micro-batches of 8; bytes saved for backward")
+
+
+def _memory_growth(kind: str):  # noqa: ANN202 - a small closure factory
+    """Per seed: memory at the largest batch / at the smallest (``kind``: ``full`` or ``twopass``)."""
+    def fn(recs):  # noqa: ANN001, ANN202
+        (rec,) = recs
+        sizes = sorted(int(k.rsplit("_", 1)[1]) for k in rec["per_seed"][0] if k.startswith(f"memory_{kind}_"))
+        return [m[f"memory_{kind}_{sizes[-1]}"] / m[f"memory_{kind}_{sizes[0]}"] for m in rec["per_seed"]]
+    return fn
+
+
+def _full_growth_share(recs):  # noqa: ANN001, ANN202
+    """Per seed: the full batch's memory growth as a share of the growth in batch size."""
+    (rec,) = recs
+    cfg = rec["config"]
+    ratio = max(cfg["memory_batches"]) / min(cfg["memory_batches"])
+    return [g / ratio for g in _memory_growth("full")(recs)]
 
 CLAIMS: list[Claim] = [
     Claim(
@@ -534,5 +553,24 @@ CLAIMS: list[Claim] = [
                          unit=" Spearman points"),
         note="The paper's finding is for English BERT over batches of 64 to 512; reading "
              "'insensitive' as within one point is ours.",
+    ),
+    Claim(
+        id="07.memory-full-linear",
+        statement="The full batch's activation memory grows in proportion to the batch.",
+        source="article", scale=MEMORY_SCALE, evidence=BOOK,
+        criterion=PerSeed((BOOK,), _full_growth_share,
+                          what="(memory at the largest / smallest batch) / (largest / smallest batch)",
+                          at_least=0.7),
+        one_run=DETERMINISTIC,
+    ),
+    Claim(
+        id="07.memory-twopass-flat",
+        statement="The two-pass method's activation memory stays at the level of one micro-batch as the "
+                  "batch grows (at most 20% more from the smallest to the largest batch).",
+        source="article", scale=MEMORY_SCALE, evidence=BOOK,
+        criterion=PerSeed((BOOK,), _memory_growth("twopass"),
+                          what="two-pass memory at the largest / smallest batch", at_most=1.2),
+        one_run=DETERMINISTIC,
+        note="What still grows is the cache of B embeddings and the B x B similarities.",
     ),
 ]
