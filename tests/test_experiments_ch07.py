@@ -162,7 +162,13 @@ def test_run_on_a_tiny_profile():
     cfg = dataclasses.replace(CONFIGS["smoke"], steps=2, small_batch=2, large_batch=4, micro_batch=2, eval_pairs=12)
     result = run(cfg, seed=0)
     assert isinstance(result, RunResult)
-    assert set(result.metrics) == {"spearman_before", "spearman_small", "spearman_large"}
-    assert all(-1 <= v <= 1 for v in result.metrics.values())
+    spearman = {"spearman_before", "spearman_small", "spearman_large"}
+    memory = {f"memory_{k}_{b}" for k in ("full", "twopass") for b in cfg.memory_batches}
+    assert set(result.metrics) == spearman | memory
+    assert all(-1 <= result.metrics[k] <= 1 for k in spearman)
+    # the full batch's saved activations grow with the batch; the two-pass method's stay near one micro-batch
+    small, big = min(cfg.memory_batches), max(cfg.memory_batches)
+    assert result.metrics[f"memory_full_{big}"] > 0.7 * big / small * result.metrics[f"memory_full_{small}"]
+    assert result.metrics[f"memory_twopass_{big}"] < 1.2 * result.metrics[f"memory_twopass_{small}"]
     assert [len(v) for v in result.artifacts["losses"].values()] == [2, 2]
     assert result.data["sts_b_test"]["size"] == 12
