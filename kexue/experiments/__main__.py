@@ -116,7 +116,8 @@ def run_chapter(module_name: str, args: argparse.Namespace) -> Path | None:
     name = args.name or f"{module_name}_{args.profile}{suffix}"
     path = record_path(name)
     if args.dry_run:
-        print(f"{module_name} {args.profile} (config {config_hash(cfg)}): {cfg}")
+        print(f"{module_name} {args.profile}: {cfg}")
+        print(f"config hash: {config_hash(cfg)}")
         print(f"record: {path}")
         return None
     record = None
