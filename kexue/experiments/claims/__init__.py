@@ -110,6 +110,8 @@ def interval(values: Sequence[float]) -> tuple[float, float | None, float | None
     xs = [float(v) for v in values]
     if not xs:
         raise ValueError("values must not be empty")
+    if not all(math.isfinite(x) for x in xs):
+        raise ValueError(f"values must be finite, got {xs}")
     mean = statistics.fmean(xs)
     if len(xs) < 2:
         return mean, None, None
