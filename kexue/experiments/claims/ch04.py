@@ -468,8 +468,9 @@ CLAIMS: list[Claim] = [
     Claim(
         id="04.collapse-made-author-setting",
         statement="At the author's d = 4 (kappa = 20) the Gaussian VAE's test KL collapses (below 0.1 nats).",
-        source="ours", scale=_AUTHOR_SCALE, evidence=AUTHOR,
-        criterion=Bound(AUTHOR, "gauss_test_kl", at_most=COLLAPSE_KL, unit=" nats", digits=2),
+        source="ours", scale="—", evidence="cell: ch04-author",
+        criterion=NotTested("the record ch04_vmf_book_d4_kappa20 has not been made yet: it did not fit this "
+                            "machine's time after the seven book runs; tools/record_book.sh makes it"),
         note=_LAST,
     ),
     Claim(
