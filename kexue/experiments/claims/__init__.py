@@ -146,6 +146,12 @@ def _judge(lo: float | None, hi: float | None, mean: float, n: int, low: float |
     return "inconclusive"
 
 
+def _bounds(at_least: float | None, at_most: float | None) -> str:
+    """``"≥ a and ≤ b"`` for the bounds that are given."""
+    parts = [f"{op} {v:g}" for op, v in (("≥", at_least), ("≤", at_most)) if v is not None]
+    return " and ".join(parts)
+
+
 class Criterion:
     """Turns a claim's evidence into an :class:`Outcome`; ``text`` says the rule in words."""
 
@@ -193,13 +199,9 @@ class Difference(Criterion):
 
     @property
     def text(self) -> str:
-        parts = []
-        if self.at_least is not None:
-            parts.append(f"≥ {self.at_least:g}")
-        if self.at_most is not None:
-            parts.append(f"≤ {self.at_most:g}")
+        parts = _bounds(self.at_least, self.at_most)
         s = "" if self.scale == 1 else f"{self.scale:g} × "
-        return f"{s}({self.a} − {self.b}) {' and '.join(parts)}{self.unit}, over the 95% interval of paired seeds"
+        return f"{s}({self.a} − {self.b}) {parts}{self.unit}, over the 95% interval of paired seeds"
 
     def evaluate(self, one_run: str | None = None) -> Outcome:
         try:
@@ -255,13 +257,9 @@ class Bound(Criterion):
 
     @property
     def text(self) -> str:
-        parts = []
-        if self.at_least is not None:
-            parts.append(f"≥ {self.at_least:g}")
-        if self.at_most is not None:
-            parts.append(f"≤ {self.at_most:g}")
+        parts = _bounds(self.at_least, self.at_most)
         s = "" if self.scale == 1 else f"{self.scale:g} × "
-        return f"{s}{self.metric} {' and '.join(parts)}{self.unit}, over its 95% interval"
+        return f"{s}{self.metric} {parts}{self.unit}, over its 95% interval"
 
     def evaluate(self, one_run: str | None = None) -> Outcome:
         try:
@@ -317,12 +315,8 @@ class FromRecord(Criterion):
 
     @property
     def text(self) -> str:
-        parts = []
-        if self.at_least is not None:
-            parts.append(f"≥ {self.at_least:g}")
-        if self.at_most is not None:
-            parts.append(f"≤ {self.at_most:g}")
-        return f"{self.what} {' and '.join(parts)}{self.unit}, over its interval"
+        parts = _bounds(self.at_least, self.at_most)
+        return f"{self.what} {parts}{self.unit}, over its interval"
 
     def evaluate(self, one_run: str | None = None) -> Outcome:
         try:
@@ -366,12 +360,8 @@ class PerSeed(Criterion):
 
     @property
     def text(self) -> str:
-        parts = []
-        if self.at_least is not None:
-            parts.append(f"≥ {self.at_least:g}")
-        if self.at_most is not None:
-            parts.append(f"≤ {self.at_most:g}")
-        return f"{self.what} {' and '.join(parts)}{self.unit}, over the 95% interval of paired seeds"
+        parts = _bounds(self.at_least, self.at_most)
+        return f"{self.what} {parts}{self.unit}, over the 95% interval of paired seeds"
 
     def evaluate(self, one_run: str | None = None) -> Outcome:
         recs = []
