@@ -24,7 +24,7 @@ from kexue.experiments import CHAPTERS, EXTRA_EXPERIMENTS, claims, records, stat
 from kexue.experiments import __main__ as cli
 from kexue.experiments.claims import Bound, Claim, Difference, Exact, NotTested, PerSeed, Within
 from kexue.experiments.config import Profiles, config_hash
-from kexue.experiments.display import record_summary, stale_warning
+from kexue.experiments.display import record_summary, show_record, stale_warning
 from kexue.experiments.loop import fit, step_cap
 from kexue.experiments.records import RunResult, add_seed, load_record, run_record, validate_record, write_record
 
@@ -238,6 +238,16 @@ def test_stale_record_is_flagged(tmp_records):
     write_record("over", run_record("ch06_growth", "book", old, [0], [{"a": 1.0}], seconds=1.0,
                                     overrides={"lr": book.lr * 2}))
     assert not status.is_stale(load_record("over"))
+    # what a chapter displays: the table alone, or the warning above the table
+    assert "Stale record" not in show_record("fresh")._repr_markdown_()
+    shown = show_record("old")._repr_markdown_()
+    assert shown.index("Stale record") < shown.index("Record `old`")
+
+
+def test_show_record_refuses_a_missing_record(tmp_records):
+    # a chapter must fail to build, not quietly drop the table
+    with pytest.raises(FileNotFoundError, match="'absent'"):
+        show_record("absent")
 
 
 def test_record_summary_table(tmp_records):
@@ -320,3 +330,19 @@ def test_step_cap_stops_every_fit_but_keeps_the_schedule():
 def test_every_experiment_module_is_runnable_from_the_cli():
     for name in [*CHAPTERS.values(), *EXTRA_EXPERIMENTS]:
         assert cli._module_name(name) == name
+
+
+def test_across_scales_pairs_claims_and_flags_disagreement():
+    rows = dict((c.id, o.verdict) for c, o in claims.evaluate(claims.chapter_claims("03")))
+    stems = [i[: -len("-book")] for i in rows if i.endswith("-book") and i[:-5] + "-smoke" in rows]
+    markup = str(claims.across_scales("03"))
+    body = markup.split("<tbody>")[1].split("</tr>")[:-1]
+    assert len(body) == len(stems) >= 5
+    for stem, row in zip(stems, body):
+        assert f"claim-{stem.replace('.', '-')}-smoke" in row and f"claim-{stem.replace('.', '-')}-book" in row
+        same = rows[stem + "-smoke"] == rows[stem + "-book"]
+        assert row.endswith("<td>yes</td>") == same
+    with pytest.raises(ValueError, match="no claim tested at every scale"):
+        claims.across_scales("06")
+    with pytest.raises(ValueError, match="at least two"):
+        claims.across_scales("03", ["book"])

@@ -16,7 +16,7 @@ from typing import Any
 from kexue.experiments.records import RUN_FORMAT, load_record
 from kexue.experiments.status import current_hash, is_stale
 
-__all__ = ["Markdown", "Html", "record_caption", "record_summary", "stale_warning"]
+__all__ = ["Markdown", "Html", "record_caption", "record_summary", "show_record", "stale_warning"]
 
 
 class Markdown:
@@ -118,3 +118,33 @@ def stale_warning(*names: str) -> Html | None:
         f"<p>These records no longer match the code that would regenerate them:</p><ul>{items}</ul>"
         "<p><code>python -m kexue.experiments stale</code> lists every stale record.</p></div>"
     )
+
+
+class _Both:
+    """A stale warning (HTML) above a record table (Markdown), as one displayable output."""
+
+    def __init__(self, warning: Html, table: Markdown) -> None:
+        self.warning, self.table = warning, table
+
+    def _repr_markdown_(self) -> str:
+        return f"{self.warning.markup}\n\n{self.table.text}"
+
+    def __str__(self) -> str:
+        return f"{self.warning}\n\n{self.table}"
+
+
+def show_record(
+    name: str,
+    rows: Sequence[tuple[str, str]] | None = None,
+    *,
+    scale: float = 1.0,
+    digits: int = 3,
+) -> Markdown | _Both:
+    """:func:`record_summary` of ``name``, preceded by its stale warning when it has one.
+
+    A missing record raises ``FileNotFoundError`` (from :func:`load_record`), so a
+    chapter that shows one fails to build rather than quietly leaving it out.
+    """
+    table = record_summary(name, rows, scale=scale, digits=digits)
+    warning = stale_warning(name)
+    return table if warning is None else _Both(warning, table)

@@ -66,6 +66,7 @@ __all__ = [
     "table",
     "glance",
     "counts",
+    "across_scales",
     "chapter_page",
 ]
 
@@ -565,3 +566,37 @@ def counts(rows: Sequence[tuple[Claim, Outcome]] | None = None) -> dict[str, dic
             out.setdefault(key, dict.fromkeys(VERDICTS, 0))[outcome.verdict] += 1
     return out
 
+
+
+def across_scales(chapter: str, scales: Sequence[str] = ("smoke", "book")) -> _Html:
+    """Chapter ``chapter``'s claims tested at several scales, one row per claim and a verdict per scale.
+
+    Claims pair up by id: ``<stem>-<scale>`` for each of ``scales``. The last
+    column says whether the verdicts agree, so a reader sees at once where a
+    small run's finding does not survive a larger one. Raises ``ValueError``
+    when the chapter has no claim tested at every scale.
+    """
+    if len(scales) < 2:
+        raise ValueError(f"scales must name at least two scales, got {list(scales)}")
+    rows = evaluate(chapter_claims(chapter))
+    by_id = {claim.id: (claim, outcome) for claim, outcome in rows}
+    stems = [c.id[: -len(scales[-1]) - 1] for c, _ in rows if c.id.endswith("-" + scales[-1])]
+    stems = [s for s in stems if all(f"{s}-{sc}" in by_id for sc in scales)]
+    if not stems:
+        raise ValueError(f"chapter {chapter!r} has no claim tested at every scale of {list(scales)}")
+    head = ["Claim", *[f"{sc} scale" for sc in scales], "Same verdict"]
+    out = ['<div class="kexue-claims-wrap"><table class="kexue-claims"><thead><tr>',
+           *[f"<th>{html.escape(h)}</th>" for h in head], "</tr></thead><tbody>"]
+    for stem in stems:
+        pairs = [by_id[f"{stem}-{sc}"] for sc in scales]
+        texts = [c.statement for c, _ in pairs]
+        if len(set(texts)) == 1:
+            text = html.escape(texts[0])
+        else:  # the scales word it differently (sizes, say): show each wording
+            text = "<br>".join(f"<em>{html.escape(sc)}:</em> {html.escape(t)}" for sc, t in zip(scales, texts))
+        cells = [f'<a href="#{c.anchor}">{_badge(o)}</a>' for c, o in pairs]
+        same = "yes" if len({o.verdict for _, o in pairs}) == 1 else "<strong>no</strong>"
+        out.append(f"<tr><td>{text}</td>" + "".join(f"<td>{c}</td>" for c in cells)
+                   + f"<td>{same}</td></tr>")
+    out.append("</tbody></table></div>")
+    return _Html("\n".join(out))
