@@ -64,7 +64,7 @@ def fake_records(tmp_path, monkeypatch):
               sampling: tuple[float, float, float] = (6.7, 6.6, 8.6)) -> None:
         base = _metrics(KL_16_50, **(book or {}))
         _write_run(ch04.BOOK, "book", {}, [_jitter(base, i) for i in range(seeds)])
-        author = _metrics(KL_4_20)
+        author = _metrics(KL_4_20, vmf_iw_nll=112.0)  # the vMF-VAE worse by 2 nats
         _write_run(ch04.AUTHOR, "book", {"dim": 4, "kappa": 20.0}, [_jitter(author, i) for i in range(3)])
         for kappa, name in ch04.SWEEP.items():
             kl = vmf.vmf_kl_uniform(torch.tensor(float(kappa), dtype=torch.float64), 3).item()
@@ -114,7 +114,9 @@ def test_record_claims_get_verdicts_from_records(fake_records) -> None:
             assert "missing" not in outcome.detail, (claim.id, outcome.detail)
     # the plausible fake records: no collapse, codes used, the KL checks agree
     assert verdict("04.collapse-made") == "refuted"
-    assert verdict("04.collapse-made-author-setting") == "not tested at this scale"  # not recorded yet
+    assert verdict("04.collapse-made-author-setting") == "refuted"
+    assert verdict("04.vmf-code-used-author-setting") == "reproduced"
+    assert verdict("04.vmf-iw-nll-lower-author-setting") == "refuted"
     assert verdict("04.collapse-made-full") == "refuted"
     assert verdict("04.kl-constant-in-training") == "reproduced"
     assert verdict("04.gauss-kl-checks") == "reproduced"
@@ -177,3 +179,4 @@ def test_fake_records_are_current(fake_records) -> None:
     rec = json.loads(records.record_path(ch04.AUTHOR).read_text())
     assert rec["overrides"] == {"dim": 4, "kappa": 20.0}
     assert not BY_ID["04.collapse-made"].evaluate().stale
+    assert not BY_ID["04.collapse-made-author-setting"].evaluate().stale

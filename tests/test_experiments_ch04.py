@@ -89,7 +89,18 @@ def test_bad_config_raises() -> None:
 
 def test_load_data_digits_split() -> None:
     data = load_data(CONFIGS["smoke"])
-    assert data.x_train.shape == (1500, 64) and data.x_test.shape == (297, 64) and data.side == 8
+    val = CONFIGS["smoke"].val_size
+    assert data.x_train.shape == (1500 - val, 64) and data.x_val.shape == (val, 64)
+    assert data.x_test.shape == (297, 64) and data.side == 8
+    # the validation images are training images, none of them kept for training
+    rows = lambda x: {tuple(r.tolist()) for r in x}  # noqa: E731
+    whole = load_data(dataclasses.replace(CONFIGS["smoke"], val_size=0))
+    assert whole.x_train.shape == (1500, 64) and whole.x_val.shape == (0, 64)
+    assert rows(data.x_val) <= rows(whole.x_train)
+    assert sorted(map(tuple, torch.cat([data.x_train, data.x_val]).tolist())) == sorted(
+        map(tuple, whole.x_train.tolist()))
+    with pytest.raises(ValueError, match="val_size"):
+        load_data(dataclasses.replace(CONFIGS["smoke"], val_size=1500))
     assert set(data.x_train.unique().tolist()) == {0.0, 1.0}
     assert data.y_test.shape == (297,)
     again = load_data(CONFIGS["smoke"])
@@ -144,17 +155,20 @@ def test_train_vae_through_fit_matches_the_hand_written_loop(latent: str) -> Non
 def test_run_returns_the_chapter_metrics() -> None:
     cfg = dataclasses.replace(CONFIGS["smoke"], epochs=2, decoder_hidden=64)
     full = load_data(cfg)
-    data = VAEData(full.x_train[:256], full.x_test[:64], full.y_test[:64], full.side)
+    data = VAEData(full.x_train[:256], full.x_test[:64], full.y_test[:64], full.side, full.x_val[:64])
     result = run(cfg, seed=1, data=data, device="cpu", progress=False)
     m = result.metrics
     for latent in LATENTS:
         names = ("test_recon", "test_recon_epoch1", "test_recon_min", "test_recon_min_epoch", "test_kl",
-                 "active_units", "kl_mc", "kl_mc_se", "iw_nll", "neg_elbo", "mutual_info", "mutual_info_se",
+                 "test_kl_last", "best_epoch", "val_neg_elbo", "active_units", "kl_mc", "kl_mc_se", "iw_nll", "neg_elbo", "mutual_info", "mutual_info_se",
                  "recon_own_z", "recon_shuffled_z")
         assert {f"{latent}_{k}" for k in names} <= set(m)
         r = result.artifacts["runs"][latent]
         assert len(r["nll"]) == len(r["kl"]) == len(r["au"]) == len(r["train_loss"]) == cfg.epochs
         assert m[f"{latent}_test_recon"] == r["nll"][-1]
+        chosen = int(m[f"{latent}_best_epoch"]) - 1
+        assert m[f"{latent}_val_neg_elbo"] == min(r["val_neg_elbo"]) == r["val_neg_elbo"][chosen]
+        assert m[f"{latent}_test_kl"] == r["kl"][chosen] and m[f"{latent}_test_kl_last"] == r["kl"][-1]
         assert m[f"{latent}_test_recon_min"] == min(r["nll"])
         assert r["nll"][int(m[f"{latent}_test_recon_min_epoch"]) - 1] == min(r["nll"])
         assert abs(m[f"{latent}_kl_mc"] - m[f"{latent}_test_kl"]) < 5 * m[f"{latent}_kl_mc_se"]
@@ -164,10 +178,40 @@ def test_run_returns_the_chapter_metrics() -> None:
     assert m["vmf_kl_constant"] == pytest.approx(kl_const)
     assert result.artifacts["runs"]["vmf"]["kl"] == pytest.approx([kl_const] * cfg.epochs, rel=1e-6)
     assert m["gauss_collapsed"] == float(m["gauss_test_kl"] < 0.1)
-    assert set(result.data) == {"digits_train", "digits_test"} and result.data["digits_train"]["size"] == 256
+    assert set(result.data) == {"digits_train", "digits_test", "digits_val"}
+    assert result.data["digits_train"]["size"] == 256 and result.data["digits_val"]["size"] == 64
     assert not result.artifacts["models"]["vmf"].training
     again = run(cfg, seed=1, data=data, device="cpu", progress=False)
     assert again.metrics == m, "a run is a function of (cfg, seed)"
+
+
+def test_train_vae_keeps_the_weights_of_the_best_validation_epoch() -> None:
+    """The returned model is the one after the epoch with the lowest validation -ELBO, not the last."""
+    cfg = dataclasses.replace(CONFIGS["smoke"], latent="gauss", epochs=6, decoder_hidden=32, lr=2e-2)
+    gen = torch.Generator().manual_seed(0)
+    x_train = (torch.rand(64, 64, generator=gen) > 0.5).float()  # few images, a high lr: it overfits
+    x_val = (torch.rand(32, 64, generator=gen) > 0.5).float()
+    seen: list[dict[str, torch.Tensor]] = []
+    seed_everything(0)
+    model = VAE(64, cfg)
+    forward = model.forward
+
+    def spy(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not model.training and x is x_val:  # an evaluation on the validation set
+            seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return forward(x)
+
+    model.forward = spy  # type: ignore[method-assign]
+    r = train_vae(model, x_train, x_val[:8], x_val=x_val, seed=0, progress=False)
+    assert len(r["val_neg_elbo"]) == len(seen) == cfg.epochs
+    best = r["best_epoch"]
+    assert r["val_neg_elbo"][best - 1] == min(r["val_neg_elbo"])
+    assert best < cfg.epochs, "this setting should overfit, or the test proves nothing"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, seen[best - 1][k]), k
+    assert any(not torch.equal(v, seen[-1][k]) for k, v in model.state_dict().items())
+    # without validation data the last epoch is kept
+    assert train_vae(VAE(64, cfg), x_train, x_val[:8], seed=0, progress=False)["best_epoch"] == cfg.epochs
 
 
 def test_fashion_mnist_missing_names_the_package(tmp_path) -> None:

@@ -75,6 +75,8 @@ COLLAPSE_KL = 0.1
 #: the digits split: the first 1,500 of a fixed permutation train, the other 297 test
 DIGITS_TRAIN = 1500
 DIGITS_SPLIT_SEED = 0
+#: the seed of the fixed permutation that picks the validation images out of the training set
+VAL_SPLIT_SEED = 1
 
 
 @dataclass(frozen=True)
@@ -94,11 +96,12 @@ class VAEConfig:
     threshold: float = 0.5  # binarisation threshold for pixels
     iw_samples: int = 500  # k of the importance-weighted NLL bound on the test set
     eval_samples: int = 100  # posterior draws per test image for the KL and I(x; z) estimates
+    val_size: int = 200  # training images held out; the epoch with the lowest validation -ELBO is scored
 
 
 _FASHION = VAEConfig(
     dataset="fashion_mnist", dim=16, kappa=50.0, hidden=512, decoder_hidden=1024, decoder_layers=2,
-    epochs=50, batch_size=100, lr=1e-3, iw_samples=100, eval_samples=10,
+    epochs=50, batch_size=100, lr=1e-3, iw_samples=100, eval_samples=10, val_size=5000,
 )
 
 CONFIGS = Profiles(
@@ -119,25 +122,35 @@ class VAEData(NamedTuple):
     x_test: Tensor  # (n_test, side * side)
     y_test: Tensor  # (n_test,) class labels, for colouring the codes
     side: int
+    x_val: Tensor  # (val_size, side * side): held out of the training images, picks the epoch
 
 
 def load_data(cfg: VAEConfig) -> VAEData:
     """The dataset of ``cfg``, binarised at ``cfg.threshold``.
 
     Digits: a fixed split of the 1,797 images (1,500 train, 297 test).
-    Fashion-MNIST: its own 60,000 / 10,000 split.
+    Fashion-MNIST: its own 60,000 / 10,000 split. Then ``cfg.val_size`` of the
+    training images, chosen by a fixed permutation, become the validation set
+    (``x_val``) and leave ``x_train``; the test set is never used to choose.
     """
     checks.choice("dataset", cfg.dataset, DATASETS)
+    checks.nonnegative_int("val_size", cfg.val_size)
     if cfg.dataset == "digits":
         images, labels = load_digits()
         x_all = (images.reshape(len(images), -1) > cfg.threshold).float()
         perm = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
         tr, te = perm[:DIGITS_TRAIN], perm[DIGITS_TRAIN:]
-        return VAEData(x_all[tr], x_all[te], labels[te], 8)
-    xtr, _ = load_fashion_mnist("train")
-    xte, y_te = load_fashion_mnist("test")
-    binarise = lambda x: (x.reshape(len(x), -1) > cfg.threshold).float()  # noqa: E731
-    return VAEData(binarise(xtr), binarise(xte), y_te, 28)
+        x_tr, x_te, y_te, side = x_all[tr], x_all[te], labels[te], 8
+    else:
+        xtr, _ = load_fashion_mnist("train")
+        xte, y_te = load_fashion_mnist("test")
+        binarise = lambda x: (x.reshape(len(x), -1) > cfg.threshold).float()  # noqa: E731
+        x_tr, x_te, side = binarise(xtr), binarise(xte), 28
+    if cfg.val_size >= len(x_tr):
+        raise ValueError(f"val_size must be below the {len(x_tr)} training images, got {cfg.val_size}")
+    order = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
+    val, keep = order[: cfg.val_size], order[cfg.val_size :].sort().values
+    return VAEData(x_tr[keep], x_te, y_te, side, x_tr[val])
 
 
 def _rows_fingerprint(x: Tensor) -> dict[str, Any]:
@@ -399,18 +412,31 @@ def elbo_loss(model: VAE, x: Tensor) -> Tensor:
 
 
 def train_vae(
-    model: VAE, x_train: Tensor, x_test: Tensor, *, seed: int = 0, progress: bool | None = None
+    model: VAE,
+    x_train: Tensor,
+    x_test: Tensor,
+    *,
+    x_val: Tensor | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Train with :func:`~kexue.experiments.loop.fit`: Adam at a constant ``cfg.lr``,
     ``cfg.epochs`` passes over ``x_train`` in a fresh random order each (the last
-    batch of a pass may be smaller). After every pass the test set is evaluated.
+    batch of a pass may be smaller). After every pass the test set is evaluated,
+    and so is ``x_val`` when given.
 
     Returns the per-epoch curves ``nll`` (the test mean of the one-sample
     reconstruction term ``-log p(x|z)``, ``z ~ q(z|x)``: not the NLL ``-log p(x)``;
     the key keeps its recorded name), ``kl`` (the test mean of ``model.kl``, nats),
-    ``au`` (active units on the test set), ``train_loss`` (the pass's mean negative
-    ELBO), and ``seconds``. The batch order comes from ``seed``; the sampling noise from the
-    global torch generator, which the caller seeds.
+    ``au`` (active units on the test set), ``val_neg_elbo`` (the one-sample
+    negative ELBO, eq. ch04-elbo, on ``x_val``; empty without it), ``train_loss``
+    (the pass's mean negative ELBO), ``best_epoch`` (1-based: the pass with the
+    lowest ``val_neg_elbo``, or the last pass without ``x_val``) and ``seconds``.
+
+    ``model`` is left with the weights it had after ``best_epoch`` (early
+    stopping chosen on validation data, never on the test set). The batch order
+    comes from ``seed``; the sampling noise from the global torch generator, which
+    the caller seeds.
     """
     cfg = model.cfg
     n = x_train.shape[0]
@@ -424,9 +450,21 @@ def train_vae(
             perms.append(torch.randperm(n, generator=g))
         return x_train[perms[epoch][i * cfg.batch_size : (i + 1) * cfg.batch_size].to(x_train.device)]
 
+    use_val = x_val is not None and len(x_val) > 0
+    best: dict[str, Any] = {"loss": math.inf, "epoch": 0, "state": None}
+    evals = 0
+
     def evaluate(m: VAE) -> dict[str, float]:
+        nonlocal evals
+        evals += 1
         nll, kl = m(x_test)
-        return {"nll": nll.mean().item(), "kl": kl.mean().item(), "au": active_units(m, x_test)}
+        out = {"nll": nll.mean().item(), "kl": kl.mean().item(), "au": active_units(m, x_test)}
+        if use_val:
+            out["val_neg_elbo"] = elbo_loss(m, x_val).item()
+            if out["val_neg_elbo"] < best["loss"]:
+                state = {k: v.detach().clone() for k, v in m.state_dict().items()}
+                best.update(loss=out["val_neg_elbo"], epoch=evals, state=state)
+        return out
 
     hist = fit(
         model, batch_at, elbo_loss, steps=cfg.epochs * per_epoch, optimizer=make_optimizer(model),
@@ -438,11 +476,16 @@ def train_vae(
     _, nll = hist.eval_series("nll")
     _, kl = hist.eval_series("kl")
     _, au = hist.eval_series("au")
+    val = hist.eval_series("val_neg_elbo")[1] if use_val else []
+    if use_val:
+        model.load_state_dict(best["state"])
     return {
         "seconds": hist.seconds,
         "nll": nll,
         "kl": kl,
         "au": [int(a) for a in au],
+        "val_neg_elbo": list(val),
+        "best_epoch": best["epoch"] if use_val else len(nll),
         "train_loss": (losses @ sizes / n).tolist(),
     }
 
@@ -457,18 +500,23 @@ def run(
 ) -> RunResult:
     """Train the Gaussian VAE and the vMF-VAE of ``cfg`` (one seed) and evaluate them.
 
+    Each model is scored as it was after ``v_best_epoch``, the epoch with the
+    lowest validation negative ELBO (``v_val_neg_elbo``, on ``data.x_val``; the
+    last epoch when ``cfg.val_size`` is 0).
+
     ``metrics`` per variant ``v`` in :data:`LATENTS`, on the test set, in nats:
     ``v_test_recon`` (the one-sample reconstruction term after the last epoch),
     ``v_test_recon_epoch1``, ``v_test_recon_min`` and ``v_test_recon_min_epoch``
     (the lowest value of the curve and its 1-based epoch: selected on the test
-    set, so optimistic), ``v_test_kl``, ``v_active_units``; after training:
+    set, so optimistic), ``v_test_kl_last`` (the KL after the last epoch); at the
+    chosen epoch: ``v_test_kl``, ``v_active_units``,
     ``v_kl_mc`` and ``v_kl_mc_se`` (:func:`kl_monte_carlo` with
     ``cfg.eval_samples`` draws), ``v_iw_nll`` (:func:`iw_nll` with
     ``cfg.iw_samples`` draws) and ``v_neg_elbo`` (the same with one draw),
     ``v_mutual_info`` and ``v_mutual_info_se`` (:func:`mutual_information`), ``v_recon_own_z`` and
     ``v_recon_shuffled_z`` (:func:`shuffled_reconstruction`). Plus
     ``vmf_kl_constant`` and ``gauss_collapsed`` (1 if the Gaussian test KL ended
-    below :data:`COLLAPSE_KL`). ``artifacts``: ``runs``
+    below :data:`COLLAPSE_KL` at the chosen epoch). ``artifacts``: ``runs``
     (per variant the curves of :func:`train_vae`), ``models`` (trained, on the
     CPU) and ``data`` (the :class:`VAEData` used). ``data`` defaults to
     :func:`load_data`; ``device`` to :func:`kexue.utils.get_device`.
@@ -476,17 +524,18 @@ def run(
     checks.nonnegative_int("seed", seed)
     data = load_data(cfg) if data is None else data
     device = get_device() if device is None else torch.device(device)
-    x_tr, x_te = data.x_train.to(device), data.x_test.to(device)
+    x_tr, x_te, x_val = data.x_train.to(device), data.x_test.to(device), data.x_val.to(device)
     runs: dict[str, dict[str, Any]] = {}
     models: dict[str, VAE] = {}
     metrics: dict[str, float] = {}
     for latent in LATENTS:
         seed_everything(seed)
         model = VAE(x_tr.shape[1], dataclasses.replace(cfg, latent=latent)).to(device)
-        runs[latent] = train_vae(model, x_tr, x_te, seed=seed, progress=progress)
+        runs[latent] = train_vae(model, x_tr, x_te, x_val=x_val, seed=seed, progress=progress)
         model.eval()
         r = runs[latent]
         best = int(np.argmin(r["nll"]))
+        chosen = r["best_epoch"] - 1
         kl_mc = kl_monte_carlo(model, x_te, cfg.eval_samples)
         log_w = log_importance_weights(model, x_te, cfg.iw_samples)
         own, shuffled = shuffled_reconstruction(model, x_te, torch.Generator().manual_seed(seed))
@@ -496,8 +545,10 @@ def run(
             f"{latent}_test_recon_epoch1": r["nll"][0],
             f"{latent}_test_recon_min": r["nll"][best],
             f"{latent}_test_recon_min_epoch": float(best + 1),
-            f"{latent}_test_kl": r["kl"][-1],
-            f"{latent}_active_units": float(r["au"][-1]),
+            f"{latent}_best_epoch": float(r["best_epoch"]),
+            f"{latent}_test_kl": r["kl"][chosen],
+            f"{latent}_test_kl_last": r["kl"][-1],
+            f"{latent}_active_units": float(r["au"][chosen]),
             f"{latent}_kl_mc": kl_mc.estimate,
             f"{latent}_kl_mc_se": kl_mc.se,
             f"{latent}_iw_nll": iw_nll(log_w).mean().item(),
@@ -507,6 +558,8 @@ def run(
             f"{latent}_recon_own_z": own.mean().item(),
             f"{latent}_recon_shuffled_z": shuffled.mean().item(),
         })
+        if r["val_neg_elbo"]:
+            metrics[f"{latent}_val_neg_elbo"] = r["val_neg_elbo"][chosen]
         models[latent] = model.cpu()
     metrics["vmf_kl_constant"] = models["vmf"].vmf_kl
     metrics["gauss_collapsed"] = float(metrics["gauss_test_kl"] < COLLAPSE_KL)
@@ -516,5 +569,6 @@ def run(
         data={
             f"{cfg.dataset}_train": _rows_fingerprint(data.x_train),
             f"{cfg.dataset}_test": _rows_fingerprint(data.x_test),
+            f"{cfg.dataset}_val": _rows_fingerprint(data.x_val),
         },
     )
