@@ -48,6 +48,37 @@ def test_options_reach_the_encoder():
         ch05.encoder_config("mlp", cfg, vocab_size=10, max_len=8)
 
 
+@pytest.mark.parametrize("profile", ["book", "full"])
+@pytest.mark.parametrize("max_len", [16, 64])
+def test_book_and_full_compare_mixers_at_equal_parameter_count(profile, max_len):
+    from kexue.nn import TransformerEncoder, count_parameters
+
+    cfg = ch05.CONFIGS[profile]
+    assert cfg.match_parameters == "attention"
+    size = {n: count_parameters(TransformerEncoder(ch05.encoder_config(n, cfg, vocab_size=1, max_len=max_len)))
+            for n in cfg.mixers}
+    step = cfg.depth * (2 * cfg.dim + 1)  # parameters of one more feed-forward unit in every block
+    assert all(abs(size[n] - size["attention"]) <= step / 2 for n in cfg.mixers), size
+    # equal widths would not be equal sizes: FNet has no mixer parameters at all
+    equal_width = dataclasses.replace(cfg, match_parameters=None)
+    fnet = count_parameters(TransformerEncoder(ch05.encoder_config("fnet", equal_width, vocab_size=1,
+                                                                   max_len=max_len)))
+    assert size["attention"] - fnet > 10 * step
+
+
+def test_parameter_matching_rejects_what_it_cannot_do():
+    with pytest.raises(ValueError, match="match_parameters"):
+        ch05.MixersConfig(match_parameters="transformer")
+    # Synthesizer-Random's n x n logits outgrow a tiny attention encoder at a long length
+    tiny = ch05.MixersConfig(dim=8, depth=1, heads=2, ffn_dim=4, match_parameters="attention")
+    with pytest.raises(ValueError, match="no feed-forward width"):
+        ch05.encoder_config("synthesizer_random", tiny, vocab_size=1, max_len=512)
+    # matching draws no random numbers (it builds on the meta device)
+    state = torch.random.get_rng_state()
+    ch05.encoder_config("fnet", ch05.CONFIGS["book"], vocab_size=1, max_len=64)
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
 def _changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> int:
     return sum(int(not torch.equal(before[k], v)) for k, v in model.state_dict().items())
 

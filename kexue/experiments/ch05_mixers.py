@@ -47,6 +47,7 @@ __all__ = [
     "CONFIGS",
     "MSRA_TAGS",
     "encoder_config",
+    "matched_ffn_dim",
     "PatchClassifier",
     "CharTagger",
     "digits_data",
@@ -92,11 +93,17 @@ class MixersConfig:
     msra_len: int = 64  # MSRA: sentences are cut to this many characters; every tagger's max_len
     msra_epochs: int = 3  # MSRA: passes over the training sentences
     shift_sentences: int = 32  # MSRA: test sentences fed with and without padding (padding_shift)
+    #: when set, each mixer's feed-forward width is chosen so that its encoder has as many parameters
+    #: as this mixer's encoder at ``ffn_dim`` (see :func:`matched_ffn_dim`); ``None``: equal widths
+    match_parameters: str | None = None
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.mixers if m not in MIXERS]
         if unknown or not self.mixers:
             raise ValueError(f"mixers must be a non-empty tuple of {sorted(MIXERS)}, got {self.mixers!r}")
+        if self.match_parameters is not None and self.match_parameters not in MIXERS:
+            raise ValueError(f"match_parameters must be None or one of {sorted(MIXERS)}, "
+                             f"got {self.match_parameters!r}")
 
     def options_for(self, name: str) -> dict[str, Any]:
         """The options ``MIXERS[name]`` is built with inside the encoder."""
@@ -115,19 +122,59 @@ CONFIGS: Profiles[MixersConfig] = Profiles(
     smoke=MixersConfig(depth=1, slots=16, lr=1e-2, digits_epochs=10, msra_train=2000, msra_test=500,
                        msra_len=32, msra_epochs=4),
     book=MixersConfig(dim=64, depth=2, ffn_dim=128, slots=32, lr=3e-3, digits_epochs=40,
-                      msra_train=15_000, msra_test=4_578, msra_len=64, msra_epochs=3),
+                      msra_train=15_000, msra_test=4_578, msra_len=64, msra_epochs=3,
+                      match_parameters="attention"),
     full=MixersConfig(dim=128, depth=4, ffn_dim=512, slots=64, dropout=0.1, lr=1e-3, batch_size=128,
-                      digits_epochs=100, msra_train=50_711, msra_test=4_578, msra_len=128, msra_epochs=10),
+                      digits_epochs=100, msra_train=50_711, msra_test=4_578, msra_len=128, msra_epochs=10,
+                      match_parameters="attention"),
 )
 
 
+def _encoder_config(name: str, cfg: MixersConfig, ffn_dim: int, vocab_size: int, max_len: int) -> TransformerConfig:
+    return TransformerConfig(vocab_size=vocab_size, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
+                             ffn_dim=ffn_dim, max_len=max_len, dropout=cfg.dropout, attention_dropout=0.0,
+                             norm="pre", position="learned", mixer=name, mixer_options=cfg.options_for(name))
+
+
+def _encoder_parameters(config: TransformerConfig) -> int:
+    """Parameters of a :class:`TransformerEncoder` built on the meta device (no memory, no random draws)."""
+    with torch.device("meta"):
+        return count_parameters(TransformerEncoder(config))
+
+
+def matched_ffn_dim(name: str, cfg: MixersConfig, max_len: int) -> int:
+    """The feed-forward width that gives mixer ``name``'s encoder the parameter count of ``cfg.match_parameters``'s.
+
+    An encoder's parameter count is linear in the feed-forward width ``f``
+    (each block's two FFN layers hold ``2 * dim * f + f + dim``), so the width is
+    solved for and rounded: the counts then differ by less than half of
+    ``depth * (2 * dim + 1)``. Mixers whose size depends on the sequence
+    length (Synthesizer-Random's logits, MLP-Mixer's token MLP) are matched at
+    ``max_len``. Returns ``cfg.ffn_dim`` when ``cfg.match_parameters`` is ``None``;
+    raises ``ValueError`` when the mixer alone outgrows the target (no width
+    of at least 1 would match).
+    """
+    if cfg.match_parameters is None:
+        return cfg.ffn_dim
+    target = _encoder_parameters(_encoder_config(cfg.match_parameters, cfg, cfg.ffn_dim, 1, max_len))
+    here = _encoder_parameters(_encoder_config(name, cfg, cfg.ffn_dim, 1, max_len))
+    slope = _encoder_parameters(_encoder_config(name, cfg, cfg.ffn_dim + 1, 1, max_len)) - here
+    width = cfg.ffn_dim + round((target - here) / slope)
+    if width < 1:
+        raise ValueError(f"mixer {name!r} has more parameters than {cfg.match_parameters!r}'s whole encoder "
+                         f"at max_len={max_len}: no feed-forward width matches")
+    return width
+
+
 def encoder_config(name: str, cfg: MixersConfig, *, vocab_size: int, max_len: int) -> TransformerConfig:
-    """The shared encoder's config with token mixer ``name`` (pre-LN, learned positions)."""
+    """The shared encoder's config with token mixer ``name`` (pre-LN, learned positions).
+
+    The feed-forward width is ``cfg.ffn_dim``, or with ``cfg.match_parameters``
+    the :func:`matched_ffn_dim` of ``name`` at ``max_len``.
+    """
     if name not in MIXERS:
         raise ValueError(f"name must be one of {sorted(MIXERS)}, got {name!r}")
-    return TransformerConfig(vocab_size=vocab_size, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
-                             ffn_dim=cfg.ffn_dim, max_len=max_len, dropout=cfg.dropout, attention_dropout=0.0,
-                             norm="pre", position="learned", mixer=name, mixer_options=cfg.options_for(name))
+    return _encoder_config(name, cfg, matched_ffn_dim(name, cfg, max_len), vocab_size, max_len)
 
 
 class PatchClassifier(nn.Module):

@@ -36,7 +36,8 @@ FIXED = ("synthesizer_random", "mixer", "resmlp", "gmlp", "fnet")
 #: the registry's mixers the post discusses, other than attention and FNet
 POST_MIXERS = ("synthesizer_random", "synthesizer_dense", "mixer", "resmlp", "gmlp", "external_attention")
 _TOL = 1e-10  # float64 identities on inputs of size O(1)
-_BOOK_SCALE = "book profile: 15,000 MSRA train sentences cut to 64 characters, width 64, depth 2, 3 seeds"
+_BOOK_SCALE = ("book profile: 15,000 MSRA train sentences cut to 64 characters, width 64, depth 2, "
+               "every encoder with attention's parameter count, 3 seeds")
 _BENCH_SCALE = "benchmark: one forward pass, width 64, batch 2, 1 CPU thread, 21 rounds"
 _PROBE_SCALE = "float64, random instances (width 8, n = 9)"
 
@@ -576,7 +577,8 @@ CLAIMS: list[Claim] = [
         statement="Every mixer learns the digits task: every mixer's test accuracy is ≥ 0.5 (chance 0.1) "
                   "for every seed.",
         source="ours",
-        scale="book profile: 1,300 training digits as 16 patches, width 64, depth 2, 40 epochs, 3 seeds",
+        scale="book profile: 1,300 training digits as 16 patches, width 64, depth 2, equal parameter counts, "
+              "40 epochs, 3 seeds",
         evidence=BOOK,
         criterion=FromRecord(BOOK, worst_digits,
                              what="lowest accuracy over the mixers, per seed (mean, [smallest, largest seed])",
@@ -586,14 +588,15 @@ CLAIMS: list[Claim] = [
         Claim(
             id=f"05.fixed-fits-msra-{name.replace('_', '-')}",
             statement=f"A fixed mixer fits a single task: {_LABELS[name]} scores no more than 5 entity-F1 points below "
-                      "attention on MSRA tagging, same encoder width and depth.",
+                      "attention on MSRA tagging, at equal parameter count.",
             source="article",
             scale=_BOOK_SCALE,
             evidence=BOOK,
             criterion=Difference(BOOK, f"msra_f1_{name}", "msra_f1_attention", at_least=-5, scale=100,
                                  unit=" F1 points"),
-            note="'Fits' read by us as within 5 F1 points of attention. Parameter counts are not equal: "
-                 "same width and depth, mixers with 0 (FNet) to 58k (Synthesizer-Dense) parameters.",
+            note="'Fits' read by us as within 5 F1 points of attention. Every encoder has attention's "
+                 "parameter count (to within one feed-forward unit per block): the feed-forward width makes "
+                 "up for the mixer's own parameters, from 0 (FNet) to 58k (Synthesizer-Dense).",
         )
         for name in FIXED
     ],
