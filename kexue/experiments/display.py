@@ -120,31 +120,18 @@ def stale_warning(*names: str) -> Html | None:
     )
 
 
-class _Both:
-    """A stale warning (HTML) above a record table (Markdown), as one displayable output."""
-
-    def __init__(self, warning: Html, table: Markdown) -> None:
-        self.warning, self.table = warning, table
-
-    def _repr_markdown_(self) -> str:
-        return f"{self.warning.markup}\n\n{self.table.text}"
-
-    def __str__(self) -> str:
-        return f"{self.warning}\n\n{self.table}"
-
-
 def show_record(
     name: str,
     rows: Sequence[tuple[str, str]] | None = None,
     *,
     scale: float = 1.0,
     digits: int = 3,
-) -> Markdown | _Both:
-    """:func:`record_summary` of ``name``, preceded by its stale warning when it has one.
+) -> Markdown:
+    """:func:`record_summary` of ``name``, preceded by its stale warning (as HTML) when it has one.
 
     A missing record raises ``FileNotFoundError`` (from :func:`load_record`), so a
     chapter that shows one fails to build rather than quietly leaving it out.
     """
     table = record_summary(name, rows, scale=scale, digits=digits)
     warning = stale_warning(name)
-    return table if warning is None else _Both(warning, table)
+    return table if warning is None else Markdown(f"{warning.markup}\n\n{table.text}")
