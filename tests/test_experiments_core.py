@@ -261,3 +261,41 @@ def test_checkpoint_loads_without_pickle_and_restores_every_generator(tmp_path):
     random.seed(99), np.random.seed(99), torch.manual_seed(99)
     _set_rng_state(saved["rng"])
     assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == draws_then
+
+
+def test_two_processes_recording_seeds_of_one_record_keep_both(tmp_path, monkeypatch):
+    """A seed finishing while another process wrote the record is merged, not overwritten.
+
+    The fake chapter's seed 0, while it runs, records seed 1 through a second CLI
+    call (standing in for a parallel process). The record must end with both.
+    """
+    import dataclasses
+    import sys
+    import types
+
+    from kexue.experiments import __main__ as cli
+    from kexue.experiments import records
+    from kexue.experiments.records import RunResult
+
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        width: int = 1
+
+    module = types.ModuleType("kexue.experiments.fake_chapter")
+    module.CONFIGS = {"book": Cfg()}
+
+    def run(cfg, seed):
+        if seed == 0:
+            cli_main(["fake_chapter", "--seeds", "1"])
+        return RunResult(metrics={"score": float(seed)})
+
+    module.run = run
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(cli, "EXTRA_EXPERIMENTS", {"fake_chapter": "00"})
+    monkeypatch.setattr(records, "RECORDS_DIR", tmp_path)
+    assert cli_main(["fake_chapter", "--seeds", "0"]) == 0
+    rec = load_record("fake_chapter_book")
+    assert sorted(zip(rec["seeds"], (m["score"] for m in rec["per_seed"]))) == [(0, 0.0), (1, 1.0)]
+    # The inner call finished seed 1 first; running it again is a no-op.
+    assert cli_main(["fake_chapter", "--seeds", "1"]) == 0
+    assert load_record("fake_chapter_book")["seeds"] == rec["seeds"]

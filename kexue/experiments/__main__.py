@@ -7,7 +7,9 @@ per seed, and writes the record (see :mod:`kexue.experiments.records`) as
 Runs are resumable in chunks of one seed: the record is rewritten after every
 seed (``--commit`` also commits it), and a later call with the same config
 skips the seeds the record already holds. A record of another config is never
-extended; ``--fresh`` starts it again.
+extended; ``--fresh`` starts it again. Several processes may run different seeds
+of one record at once (``--seeds 1`` beside ``--seeds 2``): each re-reads the
+record under a file lock before adding its seed, so none overwrites another's.
 
 ``all`` runs every chapter in turn; with ``--profile full --max-steps 20`` it is
 the bounded GPU check (every ``fit`` stops after 20 steps, the schedule
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import fcntl
 import importlib
 import subprocess
 import sys
@@ -107,6 +111,18 @@ def _commit(path: Path, message: str, attempts: int = 5) -> None:
     print(f"--commit: could not commit {path}; the record is written, commit it by hand", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Hold an exclusive lock beside ``path`` (released when the block ends)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def run_chapter(module_name: str, args: argparse.Namespace) -> Path | None:
     """Run (or resume) one chapter's record; returns its path."""
     module = importlib.import_module(f"kexue.experiments.{module_name}")
@@ -137,12 +153,19 @@ def run_chapter(module_name: str, args: argparse.Namespace) -> Path | None:
         with step_cap(args.max_steps):
             result = module.run(cfg, seed=seed)
         seconds = time.perf_counter() - t0
-        if record is None:
-            record = run_record(module_name, args.profile, cfg, [seed], [result.metrics], seconds=seconds,
-                                data=result.data, max_steps=args.max_steps, overrides=overrides)
-        else:
-            record = add_seed(record, seed, result.metrics, seconds=seconds, data=result.data)
-        write_record(name, record)
+        with _locked(path):
+            # Another process may have added seeds since this one started.
+            record = load_record(name) if path.is_file() and (record is not None or not args.fresh) else None
+            if record is not None and seed in record["seeds"]:
+                print(f"{name}: seed {seed} was recorded by another process meanwhile; this run is dropped",
+                      flush=True)
+                continue
+            if record is None:
+                record = run_record(module_name, args.profile, cfg, [seed], [result.metrics], seconds=seconds,
+                                    data=result.data, max_steps=args.max_steps, overrides=overrides)
+            else:
+                record = add_seed(record, seed, result.metrics, seconds=seconds, data=result.data)
+            write_record(name, record)
         print(f"{name}: seed {seed} in {seconds:.0f} s: "
               + ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())), flush=True)
         if args.commit:
