@@ -12,6 +12,7 @@ from kexue.experiments import ch07_accumulation as ch07
 from kexue.experiments import records
 from kexue.experiments.claims import VERDICTS, Exact, chapter_claims, table
 from kexue.experiments.claims import ch07 as claims07
+from kexue.experiments.config import apply_overrides
 
 
 def _claim(claim_id: str):
@@ -117,3 +118,23 @@ def test_fast_checks_leave_the_global_rng_alone(check):
     before = torch.random.get_rng_state()
     check()
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_paper_batch_sizes_claims_read_their_own_record(tmp_path, monkeypatch):
+    """The 64 vs 512 claims read ``BOOK_64_512`` (its overrides applied), not the 32 vs 128 record."""
+    ids = ("07.large-batch-helps-64-512", "07.batch-insensitive-64-512")
+    assert all(_claim(i).evidence == claims07.BOOK_64_512 for i in ids)
+    _book_record(tmp_path, monkeypatch, [0.700, 0.705, 0.698], [0.705, 0.709, 0.704])
+    assert all(_claim(i).evaluate().verdict == "not tested at this scale" for i in ids)
+    overrides = dict(small_batch=64, large_batch=512, micro_batch=64)
+    cfg = apply_overrides(ch07.CONFIGS["book"], overrides)
+    per_seed = [dict(spearman_before=0.42, spearman_small=s, spearman_large=l)
+                for s, l in zip([0.520, 0.522, 0.519], [0.470, 0.468, 0.472])]
+    rec = records.run_record("ch07_accumulation", "book", cfg, [0, 1, 2], per_seed, seconds=3.0,
+                             overrides=overrides)
+    records.write_record(claims07.BOOK_64_512, rec)
+    outcomes = {i: _claim(i).evaluate() for i in ids}
+    assert [o.verdict for o in outcomes.values()] == ["refuted", "refuted"]
+    assert not any(o.stale for o in outcomes.values())
+    # the 32 vs 128 claims still read the other record, where the large batch wins
+    assert _claim("07.large-batch-helps").evaluate().verdict == "reproduced"
