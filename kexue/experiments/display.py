@@ -1,7 +1,9 @@
-"""How the chapters show recorded runs: summary tables and stale-record warnings.
+"""How the chapters show results: tables, recorded runs and stale-record warnings.
 
-:func:`record_summary` turns a run record into a Markdown table (mean, 95%
-interval, each seed's value) with a line saying what the record is;
+:func:`table` lays out rows of results as a Markdown table (the chapters show
+tables this way, never as printed text); :func:`record_summary` turns a run
+record into a Markdown table (mean, 95% interval, each seed's value) with a
+line saying what the record is;
 :func:`stale_warning` returns a visible warning when a record was made with
 another config than the chapter's current one (``None`` otherwise, so a cell
 that displays it shows nothing).
@@ -10,13 +12,15 @@ that displays it shows nothing).
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+import math
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from kexue.experiments.records import RUN_FORMAT, load_record
 from kexue.experiments.status import current_hash, is_stale
 
-__all__ = ["Markdown", "Html", "record_caption", "record_summary", "show_record", "stale_warning"]
+__all__ = ["Markdown", "Html", "table", "record_caption", "record_summary", "show_record", "stale_warning"]
 
 
 class Markdown:
@@ -43,6 +47,83 @@ class Html:
 
     def __str__(self) -> str:
         return self.markup
+
+
+def _cell(value: Any, digits: int, fmt: str | None) -> str:
+    """One table cell: ``fmt`` if given, else ints as is, reals with ``digits`` decimals.
+
+    Reals below ``10**-digits`` or from a million up are written in scientific
+    notation (``digits`` significant digits) so that no nonzero value shows as 0.
+    """
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # a numpy or torch scalar
+        value = value.item()
+    if fmt is not None and value is not None:
+        text = fmt.format(value)
+    elif value is None:
+        text = "—"
+    elif isinstance(value, bool):
+        text = "yes" if value else "no"
+    elif isinstance(value, numbers.Integral):
+        text = str(value)
+    elif isinstance(value, numbers.Real):
+        x = float(value)
+        if not math.isfinite(x) or x == 0 or 10.0 ** -digits <= abs(x) < 1e6:
+            text = f"{x:.{digits}f}"
+        else:
+            text = f"{x:.{max(digits - 1, 0)}e}"
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table(
+    rows: Iterable[Mapping[str, Any] | Sequence[Any]],
+    columns: Sequence[str] | None = None,
+    *,
+    digits: int = 3,
+    formats: Mapping[str, str] | None = None,
+    caption: str | None = None,
+) -> Markdown:
+    """``rows`` as a Markdown table, for ``display`` in a chapter.
+
+    Rows are mappings (their keys, in first-row order, are the columns unless
+    ``columns`` picks them) or sequences (``columns`` then names them; pass the
+    items of a dict with two names to show it as a table). ``formats`` maps a
+    column to a format string (``"{:.1e}"``); other reals get ``digits`` decimals,
+    ``None`` shows as a dash. ``caption`` is a line of Markdown under the table.
+    No rows give the text *none*.
+    """
+    rows = list(rows)
+    if not isinstance(digits, int) or isinstance(digits, bool) or digits < 0:
+        raise ValueError(f"digits must be a non-negative int, got {digits!r}")
+    if not rows:
+        return Markdown("_none_" if caption is None else f"_none_\n\n{caption}")
+    if rows and isinstance(rows[0], Mapping):
+        if not all(isinstance(r, Mapping) for r in rows):
+            raise TypeError("rows must be all mappings or all sequences")
+        columns = list(columns) if columns is not None else list(rows[0])
+        missing = sorted({c for r in rows for c in columns if c not in r})
+        if missing:
+            raise ValueError(f"rows lack column(s) {missing}")
+        cells = [[r[c] for c in columns] for r in rows]
+    else:
+        if columns is None:
+            raise ValueError("columns must name the columns when rows are sequences")
+        columns = list(columns)
+        cells = [list(r) for r in rows]
+        bad = [i for i, r in enumerate(cells) if len(r) != len(columns)]
+        if bad:
+            raise ValueError(f"row(s) {bad} do not have {len(columns)} values, one per column in {columns}")
+    formats = dict(formats or {})
+    unknown = sorted(set(formats) - set(columns))
+    if unknown:
+        raise ValueError(f"formats names column(s) {unknown} that are not among {columns}")
+    head = [_cell(c, digits, None) for c in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(columns)]
+    for row in cells:
+        lines.append("| " + " | ".join(_cell(v, digits, formats.get(c)) for c, v in zip(columns, row)) + " |")
+    text = "\n".join(lines)
+    return Markdown(text if caption is None else f"{text}\n\n{caption}")
 
 
 def _run(name: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from kexue.experiments import records
 from kexue.experiments.records import RUN_FORMAT, load_record
 
 __all__ = [
-    "current_hash", "is_stale", "run_record_names", "stale_records", "record_rows", "other_rows", "markdown_table",
+    "current_hash", "is_stale", "run_record_names", "stale_records", "record_rows", "other_rows",
 ]
 
 _MODULES = {
@@ -113,13 +113,3 @@ def other_rows() -> list[dict[str, Any]]:
             "commit": str(rec.get("git_commit") or "not recorded")[:7],
         })
     return rows
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """Rows of equal keys as a Markdown table."""
-    if not rows:
-        return "_none_"
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
