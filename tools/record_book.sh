@@ -30,6 +30,7 @@ tasks() {
   echo "$X 02 --profile book --seeds $SEEDS"
   echo "$X 06 --profile book --seeds $SEEDS"
   echo "$X 07 --profile book --seeds $SEEDS"
+  echo "$X 07 --profile book --set small_batch=64 large_batch=512 micro_batch=64 --name ch07_accumulation_book_b64_512 --seeds $SEEDS"
   echo "$X 04 --profile book --seeds $SEEDS"
   echo "$X 04 --profile book --set dim=4 kappa=20.0 --name ch04_vmf_book_d4_kappa20 --seeds $SEEDS"
 }
