@@ -108,7 +108,9 @@ def train_simcse(
 
     ``micro_batch_size`` (sentences) computes each step's gradient with
     :func:`~kexue.accumulation.contrastive_backward`, one micro-batch of activations
-    at a time; the gradient is that of the whole batch.
+    at a time; the gradient is that of the whole batch. It need not divide
+    ``batch_size``: the last micro-batch holds the sentences left over (a pair's
+    two rows always stay together).
 
     ``trainable="linear"`` freezes the encoder (dropout stays on, as in Keras) and
     trains one bias-free linear layer, orthogonally initialised, on the pooled
@@ -148,8 +150,8 @@ def train_simcse(
             raise TypeError(f"sentences[{i}] must be a str, got {type(sentence).__name__}")
     if len(sentences) < batch_size:
         raise ValueError(f"sentences must hold at least batch_size={batch_size} sentences, got {len(sentences)}")
-    if micro_batch_size is not None and batch_size % checks.positive_int("micro_batch_size", micro_batch_size):
-        raise ValueError(f"micro_batch_size ({micro_batch_size}) must divide batch_size ({batch_size})")
+    if micro_batch_size is not None:
+        checks.positive_int("micro_batch_size", micro_batch_size)
     per_epoch = len(sentences) // batch_size
     total = epochs * per_epoch if steps is None else checks.positive_int("steps", steps)
 
