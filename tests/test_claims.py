@@ -222,6 +222,18 @@ def test_add_seed_recomputes_summary_and_refuses_other_data():
     assert rec["seed_data"][0] == rec["seed_data"][1] == {"train": {"size": 3, "sha256": "abc"}}
 
 
+def test_add_seed_keeps_seeds_in_order_with_their_metrics():
+    """Seed 2 finished before seed 1 (parallel processes): the record still reads 0, 1, 2."""
+    rec = run_record("ch02_globalpointer", "book", FakeConfig(), [0], [{"a": 0.0}], seconds=1.0,
+                     data={"train": {"size": 3, "sha256": "abc"}})
+    rec = add_seed(rec, 2, {"a": 2.0}, seconds=3.0, data={"train": {"size": 5, "sha256": "two"}})
+    rec = add_seed(rec, 1, {"a": 1.0}, seconds=2.0, data={"train": {"size": 4, "sha256": "one"}})
+    assert rec["seeds"] == [0, 1, 2]
+    assert [m["a"] for m in rec["per_seed"]] == [0.0, 1.0, 2.0]
+    assert rec["seed_seconds"] == [1.0, 2.0, 3.0]
+    assert [d["train"]["size"] for d in rec["seed_data"]] == [3, 4, 5]
+
+
 def test_stale_record_is_flagged(tmp_records):
     from kexue.experiments import ch06_growth
 

@@ -233,7 +233,7 @@ def add_seed(
     chunk's. Data fingerprints are kept per seed (``seed_data``); ``data`` keeps
     the splits every seed saw identically, so a split drawn by the seed (a
     seeded train/test split) shows up as differing between seeds rather than
-    being hidden.
+    being hidden. Seeds are kept in increasing order, with their metrics.
     """
     validate_record(record)
     if seed in record["seeds"]:
@@ -248,6 +248,13 @@ def add_seed(
     seed_data.append({k: dict(v) for k, v in (data or {}).items()})
     out["seed_data"] = seed_data
     out["data"] = {k: v for k, v in seed_data[0].items() if all(d.get(k) == v for d in seed_data)}
+    # seeds recorded out of order (parallel processes) are kept in seed order
+    order = sorted(range(len(out["seeds"])), key=lambda i: out["seeds"][i])
+    per_seed_lists = ["seeds", "per_seed", "seed_data"]
+    if len(out["seed_seconds"]) == len(out["seeds"]):
+        per_seed_lists.append("seed_seconds")
+    for key in per_seed_lists:
+        out[key] = [out[key][i] for i in order]
     out.update(
         threads=torch.get_num_threads(), torch=torch.__version__, git_commit=git_commit(),
         date=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
