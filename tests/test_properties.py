@@ -11,7 +11,9 @@ Each property is one the chapters derive or the guide promises:
 * the two-pass accumulation gives the full-batch gradient at every micro-batch
   size, including sizes that do not divide the batch (ch07);
 * ``log_bessel_iv`` and the vMF KL agree with mpmath across orders and
-  arguments spanning many decades (ch04).
+  arguments spanning many decades (ch04);
+* growing a model (wider, then deeper) keeps its function, for random shapes,
+  norms, positions, head rules, conventions and factors (ch06).
 
 The search is derandomized (the same examples on every run), so CI is
 deterministic; ``HYPOTHESIS_PROFILE=explore`` searches more widely.
@@ -29,10 +31,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kexue.accumulation as acc
-from kexue import rope, spans, vmf
+from kexue import growth, rope, spans, vmf
 from kexue.globalpointer import GlobalPointer
 from kexue.mixers import MIXERS
-from kexue.nn import TransformerConfig, TransformerEncoder
+from kexue.nn import MaskedLM, TransformerConfig, TransformerEncoder
 
 settings.register_profile(
     "ci", max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
@@ -202,3 +204,26 @@ def test_vmf_kl_to_uniform_matches_mpmath(dim, log10_kappa):
     got = float(vmf.vmf_kl_uniform(torch.tensor(float(kappa), dtype=F64), dim))
     assert got >= 0
     assert got == pytest.approx(want, rel=1e-9, abs=1e-12 * max(1.0, math.log(dim)))
+
+
+# ----------------------------------------------------------------------------- growth
+@given(heads=st.integers(1, 3), head_dim=st.sampled_from([2, 4]), depth=st.integers(1, 3),
+       factor=st.integers(2, 3), norm=st.sampled_from(["pre", "post"]),
+       position=st.sampled_from(["learned", "rotary", "none"]), head_rule=st.sampled_from(["size", "count"]),
+       convention=st.sampled_from(["isometric", "copy"]), case=padded_batch())
+@settings(max_examples=25)
+def test_growing_wider_then_deeper_keeps_the_logits(heads, head_dim, depth, factor, norm, position, head_rule,
+                                                    convention, case):
+    mask, seed = case
+    torch.manual_seed(seed % 1000)
+    # layer_norm_eps = 0 makes post-LN deepening exact (with eps it is off by O(eps / variance))
+    cfg = TransformerConfig(vocab_size=30, dim=heads * head_dim, depth=depth, heads=heads, ffn_dim=8,
+                            max_len=8, dropout=0.0, attention_dropout=0.0, norm=norm, position=position,
+                            layer_norm_eps=0.0)
+    small = MaskedLM(cfg).double().eval()
+    grown = growth.deepen(growth.widen(small, factor, heads=head_rule, convention=convention), 2,
+                          generator=torch.Generator().manual_seed(seed))
+    assert grown.config.dim == factor * cfg.dim and grown.config.depth == 2 * depth
+    ids = torch.randint(1, 30, mask.shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        torch.testing.assert_close(grown(ids, mask)[mask], small(ids, mask)[mask], rtol=1e-9, atol=1e-9)
