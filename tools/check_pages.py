@@ -5,7 +5,8 @@ For every built page (the chapters and the front matter) it checks that:
 * MathJax typeset the math (``mjx-container`` elements exist wherever the page
   has math) and produced no ``mjx-merror``;
 * every ``<img>`` loaded (``complete`` and ``naturalWidth > 0``);
-* no cell output shows a Python traceback;
+* no cell output shows a Python traceback, and none is plain text (a print,
+  a warning or a bare expression's repr): results are tables, Markdown or figures;
 * every internal link resolves to an existing page and, when it has a
   ``#fragment``, to an element with that id;
 * the page requested nothing outside the local server (MathJax included).
@@ -57,6 +58,7 @@ async () => {
     brokenImages: Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src')),
     images: document.images.length,
     tracebacks: outputs.filter(o => o.classList.contains('traceback') || /Traceback \\(most recent call last\\)/.test(o.textContent)).length,
+    textOutputs: Array.from(document.querySelectorAll('.cell_output .output.text_plain, .cell_output .output.stream, .cell_output .output.stderr')).map(o => o.textContent.trim().slice(0, 80)),
   };
 }
 """
@@ -176,6 +178,8 @@ def main() -> int:
                 problems.append(f"image did not load: {src}")
             if result["tracebacks"]:
                 problems.append(f"{result['tracebacks']} cell outputs show a Python traceback")
+            for text in result["textOutputs"]:
+                problems.append(f"stray text output (print, a warning or a bare expression): {text!r}")
             for url in outside:
                 problems.append(f"requested a resource outside the book: {url}")
             status = "ok" if not problems else "FAIL"
@@ -189,7 +193,8 @@ def main() -> int:
     for rel, problems in failures.items():
         for problem in problems:
             print(f"  {rel}: {problem}")
-    print(f"checked {len(pages)} pages: {len(pages) - len(failures)} ok, {len(failures)} with problems")
+    failed_pages = len([rel for rel in failures if rel != "(book)"])
+    print(f"checked {len(pages)} pages: {len(pages) - failed_pages} ok, {failed_pages} with problems")
     return 1 if failures else 0
 
 
