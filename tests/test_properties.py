@@ -133,7 +133,6 @@ def padded_batch(draw):
 
 
 @given(case=padded_batch(), mixer=st.sampled_from(sorted(MIXERS)), norm=st.sampled_from(["post", "pre"]))
-@settings(max_examples=40)
 def test_padding_never_changes_real_tokens_for_any_mixer(case, mixer, norm):
     mask, seed = case
     torch.manual_seed(seed % 1000)
@@ -166,7 +165,6 @@ def test_padding_never_changes_globalpointer_scores_of_real_spans(case, rope_on)
 # ----------------------------------------------------------------------------- accumulation
 @given(sentences=st.integers(2, 7), micro=st.integers(1, 14), seed=seeds,
        temperature=st.floats(0.05, 2.0))
-@settings(max_examples=25)
 def test_two_pass_gradient_equals_the_full_batch_at_every_micro_batch(sentences, micro, seed, temperature):
     torch.manual_seed(seed % 1000)
     encoder = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 4)).double()
@@ -211,7 +209,6 @@ def test_vmf_kl_to_uniform_matches_mpmath(dim, log10_kappa):
        factor=st.integers(2, 3), norm=st.sampled_from(["pre", "post"]),
        position=st.sampled_from(["learned", "rotary", "none"]), head_rule=st.sampled_from(["size", "count"]),
        convention=st.sampled_from(["isometric", "copy"]), case=padded_batch())
-@settings(max_examples=25)
 def test_growing_wider_then_deeper_keeps_the_logits(heads, head_dim, depth, factor, norm, position, head_rule,
                                                     convention, case):
     mask, seed = case
