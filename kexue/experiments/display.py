@@ -140,7 +140,8 @@ def record_caption(name: str) -> str:
     commit = (rec.get("git_commit") or "unknown")[:7]
     return (
         f"Record `{name}`: `{rec['profile']}` profile{cap}, seeds {', '.join(map(str, rec['seeds']))}, "
-        f"{rec['wall_seconds'] / 60:.0f} min of wall time on {rec['device']} ({rec['threads']} thread(s)), "
+        f"{rec['wall_seconds'] / 60:.0f} min of wall time summed over the seeds, on {rec['device']} "
+        f"({rec['threads']} thread(s)), "
         f"{rec['date'][:10]}, commit {commit}, config {rec['config_hash']}."
     )
 
