@@ -40,8 +40,9 @@ def tiny_model(tok: CharTokenizer, seed: int = 0, **overrides) -> MaskedLM:
 
 
 def test_config_validation_and_profiles():
-    with pytest.raises(ValueError, match="divide"):
-        AccumulationConfig(large_batch=20, micro_batch=8)
+    assert AccumulationConfig(large_batch=20, micro_batch=8).micro_batch == 8  # micro-batches 8, 8, 4
+    with pytest.raises(ValueError, match="micro_batch"):
+        AccumulationConfig(micro_batch=0)
     with pytest.raises(ValueError, match="steps"):
         AccumulationConfig(steps=0)
     with pytest.raises(ValueError, match="memory_micro_batch"):

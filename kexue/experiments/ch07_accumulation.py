@@ -96,7 +96,7 @@ class AccumulationConfig:
     steps: int = 6  # optimiser steps per training run (both batch sizes)
     small_batch: int = 8  # sentences per step, plain full-batch training
     large_batch: int = 24  # sentences per step, through contrastive_backward
-    micro_batch: int = 8  # sentences per micro-batch of the large run (2x rows)
+    micro_batch: int = 8  # sentences per micro-batch of the large run (2x rows; the last may be smaller)
     eval_pairs: int = 150  # STS-B test pairs scored (1361 = all)
     memory_batches: tuple[int, ...] = (4, 8, 16)  # sentences per batch in the memory curve
     memory_micro_batch: int = 4  # sentences per micro-batch in the memory curve
@@ -107,8 +107,6 @@ class AccumulationConfig:
             checks.positive_int(name, getattr(self, name))
         if self.small_batch < 2 or self.large_batch < 2:
             raise ValueError("small_batch and large_batch must hold at least 2 sentences (in-batch negatives)")
-        if self.large_batch % self.micro_batch:
-            raise ValueError(f"micro_batch ({self.micro_batch}) must divide large_batch ({self.large_batch})")
         if any(b % self.memory_micro_batch for b in self.memory_batches):
             raise ValueError(
                 f"memory_micro_batch ({self.memory_micro_batch}) must divide every memory batch {self.memory_batches}"
