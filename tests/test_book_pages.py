@@ -1,7 +1,9 @@
 """Static checks of the book's pages: what the reader sees in code cells.
 
 * Results are shown as tables (``display(table(...))``) or Markdown, never as
-  printed text: no code cell of a page calls ``print``.
+  printed text: no code cell of a page calls ``print``, and none lays out a
+  Markdown table by hand (a ``|---|`` rule in a string) instead of calling
+  :func:`kexue.experiments.display.table`.
 * Code the reader sees fits the page: every line of a code cell that is not
   removed from the page (``remove-input`` / ``remove-cell``) is at most 88
   characters long.
@@ -10,6 +12,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -53,6 +56,12 @@ def print_calls(text: str) -> list[int]:
     return sorted(out)
 
 
+def hand_built_tables(text: str) -> list[int]:
+    """Line numbers of code lines that write a Markdown table's rule row themselves."""
+    return [start + n for start, _, source in code_cells(text)
+            for n, line in enumerate(source.splitlines()) if re.search(r"[\"']\|-{3}", line)]
+
+
 def long_visible_lines(text: str, limit: int = LIMIT) -> list[int]:
     """Line numbers of code lines longer than ``limit`` in cells the page shows."""
     out = []
@@ -76,6 +85,7 @@ import math
 
 print({"pi": math.pi})
 y = "%s" % ("a very long line that a reader would have to scroll sideways to read in full",)
+rule = "|---|---|"
 ```
 """
 
@@ -83,6 +93,7 @@ y = "%s" % ("a very long line that a reader would have to scroll sideways to rea
 def test_the_checks_catch_a_broken_page():
     assert print_calls(BROKEN) == [12]
     assert long_visible_lines(BROKEN) == [13]
+    assert hand_built_tables(BROKEN) == [14]
     assert [tags for _, tags, _ in code_cells(BROKEN)] == [["remove-input"], []]
 
 
@@ -90,6 +101,12 @@ def test_the_checks_catch_a_broken_page():
 def test_pages_show_results_as_tables_not_printed_text(page):
     lines = print_calls(page.read_text(encoding="utf-8"))
     assert not lines, f"{page.name}: print() at line(s) {lines}; display a table or Markdown instead"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(BOOK).as_posix())
+def test_pages_build_tables_with_the_table_helper(page):
+    lines = hand_built_tables(page.read_text(encoding="utf-8"))
+    assert not lines, f"{page.name}: a Markdown table written by hand at line(s) {lines}; use display.table"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(BOOK).as_posix())

@@ -98,7 +98,7 @@ def table(
         raise ValueError(f"digits must be a non-negative int, got {digits!r}")
     if not rows:
         return Markdown("_none_" if caption is None else f"_none_\n\n{caption}")
-    if rows and isinstance(rows[0], Mapping):
+    if isinstance(rows[0], Mapping):
         if not all(isinstance(r, Mapping) for r in rows):
             raise TypeError("rows must be all mappings or all sequences")
         columns = list(columns) if columns is not None else list(rows[0])
@@ -166,19 +166,18 @@ def record_summary(
     rec = _run(name)
     if rows is None:
         rows = [(k, k) for k in rec["summary"]]
-    seeds = rec["seeds"]
-    head = ["", "mean", "95% interval", *[f"seed {s}" for s in seeds]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out = []
     for label, metric in rows:
         if metric not in rec["summary"]:
             raise KeyError(f"record {name!r} has no metric {metric!r}; it has {sorted(rec['summary'])}")
         summ = rec["summary"][metric]
         ci = summ["ci95"]
-        interval = "—" if ci is None else f"[{_num(scale * ci[0], digits)}, {_num(scale * ci[1], digits)}]"
+        interval = None if ci is None else f"[{_num(scale * ci[0], digits)}, {_num(scale * ci[1], digits)}]"
         per = [m.get(metric) for m in rec["per_seed"]]
-        cells = ["—" if v is None else _num(scale * v, digits) for v in per]
-        lines.append("| " + " | ".join([label, _num(scale * summ["mean"], digits), interval, *cells]) + " |")
-    return Markdown("\n".join(lines) + "\n\n" + record_caption(name))
+        out.append([label, _num(scale * summ["mean"], digits), interval,
+                    *(None if v is None else _num(scale * v, digits) for v in per)])
+    return table(out, ["", "mean", "95% interval", *(f"seed {s}" for s in rec["seeds"])],
+                 caption=record_caption(name))
 
 
 def stale_warning(*names: str) -> Html | None:
